@@ -1,0 +1,3 @@
+"""Hyperspectral classification (HybridSN family) and denoising (DnCNN) pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,250 @@
+"""params.yaml: one schema, validated on load.
+
+An unknown key or a bad value is a :class:`ParamsError` naming the dotted key, so a typo in
+``dvc exp run -S split.mdoe=disjoint`` fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ParamsError
+
+MODEL_NAMES = ("hybridsn", "hybridsn_dsc", "hybridsn_se", "hybridsn_2d3d")
+DATASET_NAMES = (
+    "indian_pines",
+    "salinas",
+    "salinas_a",
+    "pavia_university",
+    "pavia_centre",
+    "ksc",
+    "botswana",
+    "custom",
+)
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    check: Callable[[Any], str | None]
+
+
+def _one_of(*choices):
+    def check(v):
+        return None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+
+    return check
+
+
+def _num(lo=None, hi=None, *, integer=False, lo_open=False, hi_open=False, optional=False):
+    def check(v):
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            return "must be an integer" if integer else "must be a number"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}"
+        return None
+
+    return check
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _opt_str(v):
+    return None if v is None or isinstance(v, str) else "must be a string or null"
+
+
+def _odd_patch(v):
+    err = _num(3, integer=True)(v)
+    return err or (None if v % 2 == 1 else "must be odd (the patch is centred on its pixel)")
+
+
+def _crop(v):
+    if v is None:
+        return None
+    ok = isinstance(v, list) and len(v) == 4 and all(isinstance(x, int) and x >= 0 for x in v)
+    if not ok or v[0] >= v[1] or v[2] >= v[3]:
+        return "must be null or [row0, row1, col0, col1] with row0 < row1 and col0 < col1"
+    return None
+
+
+def _names_list(choices):
+    def check(v):
+        if not isinstance(v, list) or not v:
+            return "must be a non-empty list"
+        bad = [x for x in v if x not in choices]
+        if bad:
+            return f"unknown {bad}; known: {', '.join(choices)}"
+        return "must not repeat entries" if len(set(v)) != len(v) else None
+
+    return check
+
+
+def _seeds(v):
+    if not isinstance(v, list) or not v:
+        return "must be a non-empty list of integers"
+    if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in v):
+        return "must hold non-negative integers"
+    return "must not repeat seeds" if len(set(v)) != len(v) else None
+
+
+def _opt_str_list(v):
+    if v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+        return None
+    return "must be null or a list of strings"
+
+
+def _sigmas(v):
+    if not isinstance(v, list) or not v or any(_num(0)(x) for x in v):
+        return "must be a non-empty list of numbers >= 0"
+    return None
+
+
+SCHEMA: dict[str, Any] = {
+    "dataset": {
+        "name": Field("indian_pines", _one_of(*DATASET_NAMES)),
+        "source": Field("auto", _one_of("auto", "package", "url", "local")),
+        "data_dir": Field(None, _opt_str),
+        "crop": Field(None, _crop),
+        "custom": {
+            "cube": Field(None, _opt_str),
+            "gt": Field(None, _opt_str),
+            "cube_key": Field(None, _opt_str),
+            "gt_key": Field(None, _opt_str),
+            "class_names": Field(None, _opt_str_list),
+        },
+    },
+    "pca": {
+        "components": Field(None, _num(1, integer=True, optional=True)),
+        "fit_on": Field("all", _one_of("all", "train")),
+        "whiten": Field(False, _bool),
+        "scale": Field("global", _one_of("none", "global")),
+    },
+    "split": {
+        "mode": Field("random", _one_of("random", "per_class", "disjoint")),
+        "seed": Field(0, _num(0, integer=True)),
+        "train_fraction": Field(0.3, _num(0, 1, lo_open=True, hi_open=True)),
+        "per_class_count": Field(50, _num(1, integer=True)),
+        "min_per_class": Field(5, _num(1, integer=True)),
+        "val_fraction": Field(0.1, _num(0, 1, hi_open=True)),
+        "tile_size": Field(None, _num(2, integer=True, optional=True)),
+    },
+    "patch": {
+        "size": Field(25, _odd_patch),
+        "padding": Field("zero", _one_of("zero", "reflect")),
+    },
+    "train": {
+        "models": Field(list(MODEL_NAMES), _names_list(MODEL_NAMES)),
+        "seeds": Field([0], _seeds),
+        "epochs": Field(100, _num(1, integer=True)),
+        "batch_size": Field(256, _num(1, integer=True)),
+        "lr": Field(1e-3, _num(0, lo_open=True)),
+        "weight_decay": Field(0.0, _num(0)),
+        "schedule": Field("none", _one_of("none", "cosine", "step")),
+        "early_stopping": Field(0, _num(0, integer=True)),
+        "dropout": Field(0.4, _num(0, 1, hi_open=True)),
+        "device": Field("auto", _one_of("auto", "cpu", "cuda")),
+        "amp": Field(True, _bool),
+    },
+    "evaluate": {
+        "batch_size": Field(1024, _num(1, integer=True)),
+        "dense": Field(True, _bool),
+        "tile": Field(256, _num(16, integer=True)),
+    },
+    "denoise": {
+        "depth": Field(17, _num(3, integer=True)),
+        "channels": Field(64, _num(1, integer=True)),
+        "sigma": Field(30, _num(0)),
+        "blind": Field(False, _bool),
+        "sigma_range": Field([10, 50], _sigmas),
+        "patch_size": Field(40, _num(8, integer=True)),
+        "batch_size": Field(128, _num(1, integer=True)),
+        "epochs": Field(30, _num(1, integer=True)),
+        "steps_per_epoch": Field(100, _num(1, integer=True)),
+        "lr": Field(1e-3, _num(0, lo_open=True)),
+        "test_fraction": Field(0.3, _num(0, 1, lo_open=True, hi_open=True)),
+        "eval_sigmas": Field([10, 30, 50], _sigmas),
+        "robustness_sigmas": Field([0, 10, 30, 50], _sigmas),
+        "seed": Field(0, _num(0, integer=True)),
+    },
+    "tracking": {
+        "enabled": Field(True, _bool),
+        "uri": Field(None, _opt_str),
+    },
+}
+
+
+def _walk(schema: dict, given: Any, prefix: str, where: str) -> dict:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ParamsError(f"{where}: '{prefix.rstrip('.')}' must be a mapping")
+    unknown = sorted(set(given) - set(schema))
+    if unknown:
+        key = prefix + str(unknown[0])
+        raise ParamsError(
+            f"{where}: unknown key '{key}' (known under '{prefix.rstrip('.') or 'top level'}': "
+            f"{', '.join(schema)})"
+        )
+    out = {}
+    for name, spec in schema.items():
+        key = prefix + name
+        if isinstance(spec, dict):
+            out[name] = _walk(spec, given.get(name), key + ".", where)
+            continue
+        value = given.get(name, copy.deepcopy(spec.default))
+        problem = spec.check(value)
+        if problem:
+            raise ParamsError(f"{where}: '{key}' = {value!r} {problem}")
+        out[name] = value
+    return out
+
+
+def validate(raw: dict | None, where: str = "params") -> dict:
+    """Return the full params (defaults filled in) or raise ParamsError naming the bad key."""
+    params = _walk(SCHEMA, raw, "", where)
+    if params["dataset"]["name"] == "custom" and not (
+        params["dataset"]["custom"]["cube"] and params["dataset"]["custom"]["gt"]
+    ):
+        raise ParamsError(f"{where}: dataset 'custom' needs 'dataset.custom.cube' and '.gt' paths")
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    return validate(raw, str(path))
+
+
+def defaults() -> dict:
+    return validate({})
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become comma-joined strings (for MLflow)."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = ",".join(map(str, v))
+        else:
+            out[key] = v
+    return out
