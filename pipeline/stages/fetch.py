@@ -1,0 +1,32 @@
+"""Stage `fetch`: bring the dataset's cube and ground truth into data/raw/<dataset>/, verified."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.data.datasets import fetch_dataset
+
+log = logging.getLogger(__name__)
+
+
+def raw_dir(params: dict) -> Path:
+    return Path("data/raw") / params["dataset"]["name"]
+
+
+def run(params: dict) -> dict:
+    ds = params["dataset"]
+    out = raw_dir(params)
+    manifest = fetch_dataset(
+        ds["name"],
+        out,
+        source=ds["source"],
+        data_dir=ds["data_dir"],
+        custom=ds["custom"] if ds["name"] == "custom" else None,
+    )
+    log.info("fetched %s into %s (%s)", ds["name"], out, manifest["cube"]["sha256"][:12])
+    return manifest
+
+
+def main(params: dict, args) -> None:
+    run(params)

@@ -1,0 +1,158 @@
+"""Stage `prepare`: validate the raw scene, split it, fit PCA, write data/prepared/<dataset>/."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.datasets import load_raw
+from pipeline.data.loaders import resolve_key
+from pipeline.data.pca import fit_pca
+from pipeline.data.splits import make_split, split_summary
+from pipeline.errors import DataError
+from pipeline.evaluation.figures import false_colour, save_split_png
+from pipeline.io import save_npy, save_npz, write_json
+from pipeline.stages.fetch import raw_dir
+
+log = logging.getLogger(__name__)
+
+
+def prepared_dir(params: dict) -> Path:
+    return Path("data/prepared") / params["dataset"]["name"]
+
+
+def check_scene(cube: np.ndarray, gt: np.ndarray, manifest: dict, where: Path) -> None:
+    """Fail with the file, key and problem on non-finite values, shape or label mismatches."""
+    cube_file = f"{where / manifest['cube']['file']} (key {manifest['cube'].get('key')!r})"
+    gt_file = f"{where / manifest['gt']['file']} (key {manifest['gt'].get('key')!r})"
+    if cube.ndim != 3:
+        raise DataError(f"{cube_file}: expected an H×W×bands cube, got shape {cube.shape}")
+    if np.issubdtype(cube.dtype, np.floating):
+        bad = ~np.isfinite(cube)
+        if bad.any():
+            r, c, b = np.argwhere(bad)[0]
+            raise DataError(
+                f"{cube_file}: {int(bad.sum())} NaN/Inf values (first at row {r}, col {c}, band {b})"
+            )
+    if gt.shape != cube.shape[:2]:
+        raise DataError(
+            f"{gt_file}: ground truth shape {gt.shape} does not match the cube's "
+            f"{cube.shape[:2]} from {cube_file}"
+        )
+    n_classes = len(manifest["class_names"])
+    if gt.min() < 0 or gt.max() > n_classes:
+        raise DataError(
+            f"{gt_file}: labels must lie in 0..{n_classes} (0 = unlabelled, {n_classes} "
+            f"classes), found {int(gt.min())}..{int(gt.max())}"
+        )
+    if not (gt > 0).any():
+        raise DataError(f"{gt_file}: no labelled pixels")
+
+
+def check_custom_keys(custom: dict) -> None:
+    """Resolve the user's .mat keys on their own files first, so a wrong key is named with the
+    keys actually found even when `fetch` has not run."""
+    resolve_key(custom["cube"], custom["cube_key"], ndim=3)
+    resolve_key(custom["gt"], custom["gt_key"], ndim=2)
+
+
+def run(params: dict) -> dict:
+    src = raw_dir(params)
+    out = prepared_dir(params)
+    if params["dataset"]["name"] == "custom":
+        check_custom_keys(params["dataset"]["custom"])
+    cube, gt, manifest = load_raw(src)
+    check_scene(cube, gt, manifest, src)
+    crop = params["dataset"]["crop"]
+    if crop:
+        r0, r1, c0, c1 = crop
+        cube, gt = cube[r0:r1, c0:c1], gt[r0:r1, c0:c1]
+        if cube.shape[0] == 0 or cube.shape[1] == 0:
+            raise DataError(f"'dataset.crop' = {crop} leaves nothing of a {gt.shape} scene")
+    labels = gt.astype(np.int64)
+
+    sp, patch = params["split"], params["patch"]["size"]
+    split = make_split(
+        labels,
+        sp["mode"],
+        seed=sp["seed"],
+        train_fraction=sp["train_fraction"],
+        per_class_count=sp["per_class_count"],
+        min_per_class=sp["min_per_class"],
+        val_fraction=sp["val_fraction"],
+        patch_size=patch,
+        tile_size=sp["tile_size"],
+    )
+
+    pc = params["pca"]
+    k = pc["components"] or manifest["pca_components"]
+    pixels = cube.reshape(-1, cube.shape[-1])
+    fit_mask = (split.train | split.val) if pc["fit_on"] == "train" else np.ones(labels.shape, bool)
+    pca = fit_pca(pixels[fit_mask.ravel()], k, whiten=pc["whiten"], scale=pc["scale"])
+    reduced = pca.transform(cube)
+
+    summary = split_summary(labels, split, patch, manifest["class_names"])
+    summary["dataset"] = manifest["dataset"]
+    summary["labelled"] = int((labels > 0).sum())
+    summary["shape"] = list(labels.shape)
+
+    save_npy(out / "cube.npy", reduced)
+    save_npy(out / "labels.npy", labels)
+    save_npz(
+        out / "split.npz", train=split.train, val=split.val, test=split.test, guard=split.guard
+    )
+    save_npz(out / "pca.npz", **pca.to_arrays())
+    write_json(
+        out / "pca.json",
+        {
+            "components": k,
+            "fit_on": pc["fit_on"],
+            "fit_pixels": int(fit_mask.sum()),
+            "whiten": pc["whiten"],
+            "scale": pc["scale"],
+            "global_scale": pca.scale,
+            "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+            "explained_variance_ratio_total": float(pca.explained_variance_ratio.sum()),
+        },
+    )
+    write_json(out / "split.json", summary)
+    write_json(
+        out / "meta.json",
+        {
+            "dataset": manifest["dataset"],
+            "title": manifest.get("title", manifest["dataset"]),
+            "class_names": manifest["class_names"],
+            "n_classes": len(manifest["class_names"]),
+            "shape": list(reduced.shape),
+            "raw_bands": int(cube.shape[-1]),
+            "crop": crop,
+            "rgb_bands": manifest["rgb_bands"],
+            "cube_sha256": manifest["cube"]["sha256"],
+            "gt_sha256": manifest["gt"]["sha256"],
+        },
+    )
+    rgb = false_colour(cube, manifest["rgb_bands"])
+    masks = {"train": split.train, "val": split.val, "test": split.test}
+    if split.guard.any():
+        masks["guard band"] = split.guard
+    title = (
+        f"{manifest['dataset']}: {sp['mode']} split, leakage "
+        f"{100 * summary['leakage_share']:.2f}% of test pixels"
+    )
+    save_split_png(out / "split.png", rgb, masks, title=title)
+    log.info(
+        "prepared %s: cube %s, %d labelled, train pool %d, test %d, leakage %.2f%%",
+        manifest["dataset"],
+        reduced.shape,
+        summary["labelled"],
+        summary["counts"]["train_pool"],
+        summary["counts"]["test"],
+        100 * summary["leakage_share"],
+    )
+    return summary
+
+
+def main(params: dict, args) -> None:
+    run(params)

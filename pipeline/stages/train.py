@@ -1,0 +1,140 @@
+"""Stage `train` (one model × seed of the DVC matrix): fit, keep the best-validation checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+
+from pipeline.errors import ParamsError
+from pipeline.io import write_json, write_text
+from pipeline.models import MODELS, build_model, count_parameters
+from pipeline.params import flatten
+from pipeline.stages.common import checkpoint_path, load_prepared, report_dir, run_name
+from pipeline.tracking import start_run
+from pipeline.training.checkpoint import save_checkpoint
+from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.common import device_name, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def history_csv(history: list[dict]) -> str:
+    cols = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+def run(params: dict, model_name: str, seed: int) -> dict:
+    if model_name not in MODELS:
+        raise ParamsError(f"--model {model_name!r} is unknown; known: {', '.join(MODELS)}")
+    data = load_prepared(params)
+    tp, patch = params["train"], params["patch"]
+    device = resolve_device(tp["device"])
+    model = build_model(
+        model_name,
+        bands=data.cube.shape[-1],
+        patch_size=patch["size"],
+        n_classes=len(data.class_names),
+        dropout=tp["dropout"],
+    )
+    n_params = count_parameters(model)
+    cfg = TrainConfig(
+        epochs=tp["epochs"],
+        batch_size=tp["batch_size"],
+        lr=tp["lr"],
+        weight_decay=tp["weight_decay"],
+        schedule=tp["schedule"],
+        early_stopping=tp["early_stopping"],
+        amp=tp["amp"],
+        seed=seed,
+        eval_batch_size=params["evaluate"]["batch_size"],
+    )
+    name = run_name(model_name, seed)
+    out_dir = report_dir(params, model_name, seed)
+    ckpt_path = checkpoint_path(params, model_name, seed)
+    tags = {
+        "dvc_stage": f"train@{model_name}-{seed}",
+        "stage": "train",
+        "model": model_name,
+        "seed": seed,
+        "dataset": data.meta["dataset"],
+        "dataset_sha256": data.meta["cube_sha256"],
+        "device": device_name(device),
+    }
+    with start_run(params, data.meta["dataset"], name, tags) as mlrun:
+        logged = {k: v for k, v in flatten(params).items() if not k.startswith("denoise.")}
+        mlrun.log_params({**logged, "model": model_name, "seed": seed, "n_params": n_params})
+        log.info("training %s (%d parameters) on %s", name, n_params, device_name(device))
+        result = train_classifier(
+            model,
+            data.cube,
+            data.labels,
+            data.train,
+            data.val,
+            cfg,
+            patch_size=patch["size"],
+            padding=patch["padding"],
+            device=device,
+            on_epoch=lambda row: mlrun.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
+            ),
+        )
+        summary = {
+            "model": model_name,
+            "seed": seed,
+            "n_params": n_params,
+            "device": device_name(device),
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "best_val_oa": result.best_val_oa,
+            "selection": "best validation OA"
+            if result.best_val_oa is not None
+            else "last epoch (no validation pixels)",
+            "stopped_early": result.stopped_early,
+            "train_time_s": result.wall_time_s,
+            "train_samples_per_s": result.samples_per_s,
+            "train_pixels": int(data.train.sum()),
+            "val_pixels": int(data.val.sum()),
+        }
+        save_checkpoint(
+            ckpt_path,
+            state_dict=result.state_dict,
+            model_config=model.config,
+            pca=data.pca,
+            patch=patch,
+            class_names=data.class_names,
+            meta={
+                **{k: data.meta[k] for k in ("dataset", "cube_sha256", "raw_bands", "rgb_bands")},
+                "seed": seed,
+                "best_epoch": result.best_epoch,
+                "best_val_oa": result.best_val_oa if result.best_val_oa is not None else -1.0,
+            },
+        )
+        write_text(out_dir / "history.csv", history_csv(result.history))
+        write_json(out_dir / "train.json", summary)
+        mlrun.log_metrics(
+            {
+                "best_val_oa": result.best_val_oa or 0.0,
+                "train_time_s": result.wall_time_s,
+                "best_epoch": result.best_epoch,
+                "n_params": n_params,
+            }
+        )
+        for path in (ckpt_path, out_dir / "history.csv", out_dir / "train.json"):
+            mlrun.log_artifact(path)
+    log.info(
+        "%s: best val OA %s at epoch %d, %.1f s",
+        name,
+        f"{result.best_val_oa:.4f}" if result.best_val_oa is not None else "n/a",
+        result.best_epoch,
+        result.wall_time_s,
+    )
+    return summary
+
+
+def main(params: dict, args) -> None:
+    run(params, args.model, args.seed)

@@ -1,0 +1,226 @@
+"""`dvc repro` end to end in a temp copy of the repo, on a small crop of the real Indian Pines."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SKIP = {".git", ".venv", "mlruns", "mlartifacts", "mlflow.db", ".pytest_cache", ".ruff_cache"}
+
+pytestmark = pytest.mark.integration
+
+
+def _copy_repo(dst: Path) -> None:
+    def ignore(folder, names):
+        rel = Path(folder).relative_to(REPO)
+        skipped = {n for n in names if n in SKIP or n == "__pycache__" or n.endswith(".egg-info")}
+        if rel.parts[:1] in (("data",), ("models",), ("reports",)):
+            skipped |= {n for n in names if (Path(folder) / n).is_dir() or n.endswith(".npy")}
+        if rel == Path(".dvc"):
+            skipped |= {"cache", "tmp"}
+        return skipped
+
+    shutil.copytree(REPO, dst, ignore=ignore)
+
+
+def _run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo") / "hsi"
+    _copy_repo(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"]["crop"] = [0, 40, 0, 40]
+    params["pca"]["components"] = 16
+    params["patch"]["size"] = 11
+    params["train"].update(
+        models=["hybridsn", "hybridsn_se"], seeds=[0, 1], epochs=1, batch_size=64, device="cpu"
+    )
+    params["evaluate"]["batch_size"] = 256
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["HSI_DATA_DIR"] = ""
+    _run(["git", "init", "-q"], root, env)
+    proc = _run([str(BIN / "dvc"), "repro"], root, env)
+    return root, env, proc
+
+
+def test_prepare_outputs(repo):
+    root, _, _ = repo
+    out = root / "data/prepared/indian_pines"
+    cube = np.load(out / "cube.npy")
+    labels = np.load(out / "labels.npy")
+    assert cube.shape == (40, 40, 16) and cube.dtype == np.float32
+    assert labels.shape == (40, 40)
+    split = json.loads((out / "split.json").read_text())
+    assert split["counts"]["train_pool"] + split["counts"]["test"] == int((labels > 0).sum())
+    assert split["leakage_share"] > 0.9
+    assert (out / "split.png").stat().st_size > 1000
+    pca = json.loads((out / "pca.json").read_text())
+    assert len(pca["explained_variance_ratio"]) == 16
+
+
+def test_train_outputs(repo):
+    root, _, _ = repo
+    for name in ("hybridsn-seed0", "hybridsn-seed1", "hybridsn_se-seed0", "hybridsn_se-seed1"):
+        assert (root / f"models/indian_pines/{name}.pt").is_file()
+        summary = json.loads((root / f"reports/indian_pines/{name}/train.json").read_text())
+        assert summary["epochs_run"] == 1
+        history = (root / f"reports/indian_pines/{name}/history.csv").read_text().splitlines()
+        assert history[0].startswith("epoch,train_loss,train_acc")
+        assert len(history) == 2
+
+
+def test_mlflow_runs_recorded(repo):
+    root, _, _ = repo
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("indian_pines")
+    runs = client.search_runs([exp.experiment_id])
+    names = {r.info.run_name for r in runs}
+    assert {"hybridsn-seed0", "hybridsn_se-seed1"} <= names
+
+
+def test_second_repro_is_a_no_op(repo):
+    root, env, _ = repo
+    proc = _run([str(BIN / "dvc"), "repro"], root, env)
+    assert "didn't change" in proc.stdout or "up to date" in proc.stdout.lower()
+
+
+def test_disjoint_experiment_has_no_leakage(repo):
+    root, env, _ = repo
+    _run(
+        [str(BIN / "hsi"), "prepare"],
+        root,
+        env,
+    )
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["split"]["mode"] = "disjoint"
+    (root / "params.disjoint.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([str(BIN / "hsi"), "--params", "params.disjoint.yaml", "prepare"], root, env)
+    split = json.loads((root / "data/prepared/indian_pines/split.json").read_text())
+    assert split["mode"] == "disjoint"
+    assert split["leakage_share"] == 0.0
+
+
+def test_prepare_with_wrong_key_names_file_and_keys(repo, tmp_path):
+    root, env, _ = repo
+    import scipy.io
+
+    cube = np.random.default_rng(0).random((12, 12, 20)).astype(np.float32)
+    gt = np.zeros((12, 12), np.uint8)
+    gt[:6] = 1
+    gt[6:] = 2
+    scipy.io.savemat(tmp_path / "scene.mat", {"radiance": cube})
+    scipy.io.savemat(tmp_path / "scene_gt.mat", {"labels": gt})
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"] = {
+        "name": "custom",
+        "crop": None,
+        "custom": {
+            "cube": str(tmp_path / "scene.mat"),
+            "gt": str(tmp_path / "scene_gt.mat"),
+            "cube_key": "reflectance",
+        },
+    }
+    (root / "params.custom.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("fetch", "prepare"):
+        proc = subprocess.run(
+            [str(BIN / "hsi"), "--params", "params.custom.yaml", stage],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode != 0
+        assert "scene.mat" in proc.stderr and "radiance" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_evaluate_outputs_and_dvc_metrics(repo):
+    root, env, _ = repo
+    run_dir = root / "reports/indian_pines/hybridsn-seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"oa", "aa", "kappa", "n_test"}
+    assert 0 <= metrics["oa"] <= 1
+    report = json.loads((run_dir / "classification_report.json").read_text())
+    assert len(report["per_class"]) == 16
+    records = json.loads((run_dir / "confusion.json").read_text())
+    assert len(records) == metrics["n_test"]
+    assert (run_dir / "confusion.csv").read_text().count("\n") == 17
+    for png in ("confusion.png", "maps.png", "prediction.png"):
+        assert (run_dir / png).stat().st_size > 5000
+    pred = np.load(root / "reports/indian_pines/predictions/hybridsn-seed0.npy")
+    assert pred.shape == (40, 40) and pred.min() >= 1 and pred.max() <= 16
+    shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], root, env).stdout
+    assert '"oa"' in shown and '"kappa"' in shown
+
+
+def test_report_summary(repo):
+    root, _, _ = repo
+    summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
+    assert summary["baseline"] == "hybridsn"
+    assert summary["models"]["hybridsn"]["oa"]["n"] == 2
+    assert [r["seed"] for r in summary["mcnemar"]["hybridsn_se"]["per_seed"]] == [0, 1]
+    md = (root / "reports/indian_pines/summary.md").read_text()
+    assert "McNemar" in md and "hybridsn_se" in md
+    assert (root / "reports/indian_pines/variants_maps.png").stat().st_size > 5000
+
+
+def test_predict_on_users_mat_cube(repo, tmp_path):
+    root, env, _ = repo
+    import scipy.io
+
+    from pipeline.data.datasets import load_raw
+
+    cube, _, _ = load_raw(root / "data/raw/indian_pines")
+    scipy.io.savemat(tmp_path / "field.mat", {"field_cube": cube[50:80, 60:95]})
+    ckpt = root / "models/indian_pines/hybridsn-seed0.pt"
+    _run(
+        [
+            str(BIN / "hsi"),
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            "--cube",
+            str(tmp_path / "field.mat"),
+            "--device",
+            "cpu",
+        ],
+        root,
+        env,
+    )
+    label_map = np.load(tmp_path / "field_map.npy")
+    assert label_map.shape == (30, 35)
+    assert (tmp_path / "field_map.png").stat().st_size > 1000
+
+    scipy.io.savemat(tmp_path / "few_bands.mat", {"cube": cube[:20, :20, :100]})
+    proc = subprocess.run(
+        [
+            str(BIN / "hsi"),
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            "--cube",
+            str(tmp_path / "few_bands.mat"),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "100 bands" in proc.stderr and "200" in proc.stderr
