@@ -15,8 +15,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# The stages call `hsi`, so the venv's bin goes first on PATH.
 repro: install
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: install
 	$(BIN)/python -m pytest -q

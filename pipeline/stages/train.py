@@ -7,6 +7,7 @@ import io
 import logging
 
 from pipeline.errors import ParamsError
+from pipeline.evaluation.figures import save_curve_png
 from pipeline.io import write_json, write_text
 from pipeline.models import MODELS, build_model, count_parameters
 from pipeline.params import flatten
@@ -26,6 +27,17 @@ def history_csv(history: list[dict]) -> str:
     w.writeheader()
     w.writerows(history)
     return buf.getvalue()
+
+
+def save_training_curves(path, history: list[dict], title: str) -> None:
+    epochs = [r["epoch"] for r in history]
+    nan = float("nan")
+    series = {
+        f"{split} {what}": [r.get(f"{split}_{what}", nan) for r in history]
+        for what in ("acc", "loss")
+        for split in ("train", "val")
+    }
+    save_curve_png(path, epochs, series, "epoch", "accuracy / loss", title=title)
 
 
 def run(params: dict, model_name: str, seed: int) -> dict:
@@ -115,6 +127,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
             },
         )
         write_text(out_dir / "history.csv", history_csv(result.history))
+        save_training_curves(out_dir / "curves.png", result.history, name)
         write_json(out_dir / "train.json", summary)
         mlrun.log_metrics(
             {
@@ -124,7 +137,10 @@ def run(params: dict, model_name: str, seed: int) -> dict:
                 "n_params": n_params,
             }
         )
-        for path in (ckpt_path, out_dir / "history.csv", out_dir / "train.json"):
+        for path in (
+            ckpt_path,
+            *(out_dir / f for f in ("history.csv", "curves.png", "train.json")),
+        ):
             mlrun.log_artifact(path)
     log.info(
         "%s: best val OA %s at epoch %d, %.1f s",
