@@ -1,0 +1,241 @@
+"""Denoising metrics against hand computations and skimage, the baselines, cube inference, and the
+three denoising stages end to end on a 40×40 crop of Indian Pines."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from pipeline.evaluation import denoise as dn
+from pipeline.models.dncnn import DnCNN
+from pipeline.params import validate
+from pipeline.training.denoiser import add_noise, load_denoiser, row_split
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smooth_cube(h=40, w=36, bands=5, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    out = np.empty((h, w, bands), np.float32)
+    for b in range(bands):
+        fx, fy, ph = rng.uniform(0.5, 2, size=3)
+        out[..., b] = 0.5 + 0.35 * np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
+    return out
+
+
+def test_psnr_by_hand_and_against_skimage():
+    clean = np.zeros((4, 5))
+    est = np.full((4, 5), 0.1)
+    assert dn.psnr(clean, est) == pytest.approx(20.0)
+    assert dn.psnr(clean, est, data_range=2.0) == pytest.approx(20.0 + 20 * math.log10(2))
+    assert dn.psnr(clean, clean) == math.inf
+    rng = np.random.default_rng(1)
+    a, b = rng.random((16, 12)), rng.random((16, 12))
+    assert dn.psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1))
+
+
+def test_mpsnr_is_the_mean_of_band_psnrs():
+    clean = np.zeros((3, 3, 2))
+    est = np.stack([np.full((3, 3), 0.1), np.full((3, 3), 0.01)], axis=-1)
+    np.testing.assert_allclose(dn.band_psnr(clean, est), [20.0, 40.0])
+    assert dn.mpsnr(clean, est) == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize("shape", [(11, 11), (32, 45), (64, 20)])
+def test_ssim_matches_skimage_gaussian_window(shape):
+    rng = np.random.default_rng(sum(shape))
+    clean = smooth_cube(*shape, bands=3)
+    noisy = clean + 0.1 * rng.standard_normal(clean.shape)
+    ours = dn.band_ssim(clean, noisy)
+    ref = [
+        structural_similarity(
+            clean[..., b].astype(np.float64),
+            noisy[..., b],
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1,
+        )
+        for b in range(3)
+    ]
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    assert dn.mssim(clean, noisy) == pytest.approx(np.mean(ref))
+    assert dn.mssim(clean, clean) == pytest.approx(1.0)
+
+
+def test_sam_by_hand():
+    clean = np.array([[[1.0, 0.0], [1.0, 1.0]]])
+    est = np.array([[[0.0, 2.0], [3.0, 0.0]]])
+    assert dn.sam_degrees(clean, est) == pytest.approx((90.0 + 45.0) / 2)
+    assert dn.sam_degrees(clean, 5 * clean) == pytest.approx(0.0, abs=1e-6)
+    with_zero = np.array([[[0.0, 0.0], [1.0, 1.0]]])
+    assert dn.sam_degrees(with_zero, est) == pytest.approx(45.0)
+    assert math.isnan(dn.sam_degrees(np.zeros((1, 1, 3)), np.ones((1, 1, 3))))
+
+
+def test_gaussian_tuning_beats_the_noisy_input():
+    clean = smooth_cube(48, 48, bands=4)
+    split = row_split(48, 0.3)
+    train, test = clean[split.train], clean[split.test]
+    sigma, scores = dn.tune_gaussian(train, add_noise(train, 30, 0))
+    assert sigma > 0 and scores[sigma] == max(scores.values())
+    noisy = add_noise(test, 30, 1)
+    assert dn.mpsnr(test, dn.gaussian_denoise(noisy, sigma)) > dn.mpsnr(test, noisy) + 3
+    np.testing.assert_array_equal(dn.gaussian_denoise(noisy, 0), noisy)
+
+
+def test_bm3d_status_reports_why():
+    ok, note = dn.bm3d_status()
+    assert isinstance(ok, bool) and note
+
+
+def test_bm3d_denoises_when_installed():
+    pytest.importorskip("bm3d")
+    clean = smooth_cube(24, 24, bands=2)
+    noisy = add_noise(clean, 30, 0)
+    out = dn.bm3d_denoise(noisy, 30)
+    assert out.shape == clean.shape and out.dtype == np.float32
+    assert dn.mpsnr(clean, out) > dn.mpsnr(clean, noisy) + 3
+
+
+@pytest.mark.parametrize("batch_bands", [None, 2])
+def test_denoise_cube_runs_each_band_through_the_model(batch_bands):
+    torch.manual_seed(0)
+    model = DnCNN(depth=3, channels=4).eval()
+    cube = smooth_cube(10, 12, bands=5)
+    out = dn.denoise_cube(model, cube, batch_bands=batch_bands)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.moveaxis(cube, -1, 0)[:, None].copy()))[:, 0]
+    np.testing.assert_allclose(out, np.moveaxis(ref.numpy(), 0, -1), rtol=1e-5, atol=1e-6)
+
+
+# --- the three stages, end to end -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    """fetch → prepare → train hybridsn → denoise_train → denoise_evaluate → robustness."""
+    from pipeline.data.datasets import fetch_dataset
+    from pipeline.stages import denoise_evaluate, denoise_train, prepare, robustness, train
+
+    root = tmp_path_factory.mktemp("stages")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.delenv("HSI_DATA_DIR", raising=False)
+    mp.setattr(denoise_evaluate, "bm3d_status", lambda: (False, "disabled in this test"))
+    params = validate(
+        {
+            "dataset": {"crop": [0, 40, 0, 40]},
+            "pca": {"components": 16},
+            "patch": {"size": 11},
+            "train": {"epochs": 1, "batch_size": 64, "device": "cpu"},
+            "evaluate": {"batch_size": 256},
+            "denoise": {
+                "depth": 3,
+                "channels": 8,
+                "patch_size": 16,
+                "batch_size": 8,
+                "epochs": 2,
+                "steps_per_epoch": 2,
+                "eval_sigmas": [10, 30],
+                "robustness_sigmas": [0, 30],
+            },
+            "tracking": {"enabled": False},
+        }
+    )
+    try:
+        fetch_dataset("indian_pines", "data/raw/indian_pines", source="package", progress=False)
+        prepare.run(params)
+        train.run(params, "hybridsn", 0)
+        out = {
+            "train": denoise_train.run(params),
+            "evaluate": denoise_evaluate.run(params),
+            "robustness": robustness.run(params),
+        }
+        yield root, params, out
+    finally:
+        mp.undo()
+
+
+def test_denoise_train_outputs(stage_run):
+    root, _, out = stage_run
+    summary = out["train"]
+    assert summary["split"] == {
+        "height": 40,
+        "train_rows": [0, 24],
+        "test_rows": [28, 40],
+        "gap_rows": 4,
+    }
+    model, ckpt = load_denoiser(root / "models/indian_pines/dncnn.pt")
+    assert model.config == {"depth": 3, "channels": 8, "in_channels": 1}
+    assert ckpt["band_min"].shape == ckpt["band_max"].shape == (200,)
+    assert ckpt["noise"] == {"sigma": 30.0, "blind": False, "sigma_range": [10.0, 50.0]}
+    assert ckpt["meta"]["shape"] == [40, 40, 200]
+    with open(root / "reports/indian_pines/denoise/train_history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and "val_psnr" in rows[0]
+    assert json.loads((root / "reports/indian_pines/denoise/train.json").read_text())[
+        "best_epoch"
+    ] in (0, 1, 2)
+
+
+def test_denoise_evaluate_outputs(stage_run):
+    root, _, out = stage_run
+    report = root / "reports/indian_pines/denoise"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics == out["evaluate"]
+    assert set(metrics) == {"sigma10", "sigma30"}
+    for by_method in metrics.values():
+        assert set(by_method) == {"noisy", "gaussian", "dncnn"}
+        assert by_method["gaussian"]["mpsnr"] > by_method["noisy"]["mpsnr"]
+        for scores in by_method.values():
+            assert {"mpsnr", "mssim", "sam"} <= set(scores)
+    assert metrics["sigma30"]["noisy"]["mpsnr"] == pytest.approx(20 * math.log10(255 / 30), 0.02)
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    assert evaluation["bm3d"] == {"available": False, "note": "disabled in this test"}
+    assert (report / "comparison.png").stat().st_size > 5000
+
+
+def test_robustness_outputs(stage_run):
+    root, _, out = stage_run
+    report = root / "reports/indian_pines/robustness"
+    with open(report / "oa_vs_sigma.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["sigma", "oa_noisy", "oa_denoised"]
+    assert [float(r["sigma"]) for r in rows] == [0.0, 30.0]
+    assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("oa_noisy", "oa_denoised"))
+    evaluated = json.loads((root / "reports/indian_pines/hybridsn-seed0/train.json").read_text())
+    assert evaluated["model"] == "hybridsn"
+    summary = json.loads((report / "oa_vs_sigma.json").read_text())
+    assert summary["rows"] == out["robustness"]["rows"]
+    assert summary["n_test"] > 0
+    assert (report / "oa_vs_sigma.png").stat().st_size > 5000
+
+
+def test_robustness_at_sigma_zero_matches_the_prepared_cube(stage_run):
+    """Without noise the classifier sees exactly the cube `evaluate` would: same OA."""
+    root, params, out = stage_run
+    from pipeline.evaluation.inference import predict_scene
+    from pipeline.stages.common import checkpoint_path
+    from pipeline.training.checkpoint import load_checkpoint, load_model
+
+    prepared = root / "data/prepared/indian_pines"
+    ckpt = load_checkpoint(root / checkpoint_path(params, "hybridsn", 0))
+    pred = predict_scene(load_model(ckpt), np.load(prepared / "cube.npy"), 11)
+    labels, test = np.load(prepared / "labels.npy"), np.load(prepared / "split.npz")["test"]
+    oa = float(np.mean(pred.labels[test] == labels[test]))
+    assert out["robustness"]["rows"][0]["oa_noisy"] == pytest.approx(oa)
