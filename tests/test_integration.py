@@ -49,6 +49,16 @@ def repo(tmp_path_factory):
         models=["hybridsn", "hybridsn_se"], seeds=[0, 1], epochs=1, batch_size=64, device="cpu"
     )
     params["evaluate"]["batch_size"] = 256
+    params["denoise"] = {
+        "depth": 4,
+        "channels": 8,
+        "patch_size": 16,
+        "batch_size": 8,
+        "epochs": 1,
+        "steps_per_epoch": 3,
+        "eval_sigmas": [30],
+        "robustness_sigmas": [0, 30],
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -224,3 +234,15 @@ def test_predict_on_users_mat_cube(repo, tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and "100 bands" in proc.stderr and "200" in proc.stderr
+
+
+def test_denoise_and_robustness_outputs(repo):
+    root, _, _ = repo
+    metrics = json.loads((root / "reports/indian_pines/denoise/metrics.json").read_text())
+    assert {"noisy", "gaussian", "dncnn"} <= set(metrics["sigma30"])
+    assert metrics["sigma30"]["gaussian"]["mpsnr"] > metrics["sigma30"]["noisy"]["mpsnr"]
+    assert (root / "reports/indian_pines/denoise/comparison.png").stat().st_size > 5000
+    rows = (root / "reports/indian_pines/robustness/oa_vs_sigma.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["sigma", "oa_noisy", "oa_denoised"]
+    assert [float(r.split(",")[0]) for r in rows[1:]] == [0, 30]
+    assert (root / "reports/indian_pines/robustness/oa_vs_sigma.png").stat().st_size > 5000
