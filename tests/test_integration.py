@@ -49,16 +49,18 @@ def repo(tmp_path_factory):
         models=["hybridsn", "hybridsn_se"], seeds=[0, 1], epochs=1, batch_size=64, device="cpu"
     )
     params["evaluate"]["batch_size"] = 256
-    params["denoise"] = {
-        "depth": 4,
-        "channels": 8,
-        "patch_size": 16,
-        "batch_size": 8,
-        "epochs": 1,
-        "steps_per_epoch": 3,
-        "eval_sigmas": [30],
-        "robustness_sigmas": [0, 30],
-    }
+    params["denoise"].update(
+        {
+            "depth": 4,
+            "channels": 8,
+            "patch_size": 16,
+            "batch_size": 8,
+            "epochs": 1,
+            "steps_per_epoch": 3,
+            "eval_sigmas": [30],
+            "robustness_sigmas": [0, 30],
+        }
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
