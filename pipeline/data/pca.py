@@ -72,7 +72,7 @@ def fit_pca(
     """Fit on (N, B) pixels by eigendecomposition of the B×B covariance (B ≤ a few hundred).
 
     ``scale="global"`` divides every component by one scalar, the standard deviation of all
-    projected values over the fitting pixels: the features get unit overall variance while the
+    projected values over the fitting pixels (derived from the eigenvalues, no second pass): the features get unit overall variance while the
     components keep their relative variances (unlike whitening, which blows up noisy ones).
     """
     pixels = np.asarray(pixels, dtype=np.float64)
@@ -103,7 +103,8 @@ def fit_pca(
     if whiten and np.any(pca.explained_variance <= 0):
         raise ParamsError("'pca.whiten' needs components with non-zero variance")
     if scale == "global":
-        pca.scale = float(pca.transform(pixels).astype(np.float64).std()) or 1.0
+        per_component = np.ones(k) if whiten else pca.explained_variance
+        pca.scale = float(np.sqrt(per_component.mean() * (n - 1) / n)) or 1.0
     elif scale != "none":
         raise ParamsError(f"'pca.scale' = {scale!r} must be one of none, global")
     return pca

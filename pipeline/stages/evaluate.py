@@ -100,7 +100,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
 
     palette = class_palette(len(names))
     labelled = data.labels > 0
-    rgb = false_colour(np.load(data.path / "cube.npy", mmap_mode="r")[..., :3])
+    rgb = false_colour(data.cube[..., :3])
     panels = [
         ("false colour (PCA 1-3)", rgb),
         ("ground truth", label_to_rgb(data.labels, palette)),
