@@ -1,68 +1,380 @@
-"""Checkpoints that rebuild their model and preprocessing, loaded with ``weights_only=True``.
+"""The one checkpoint module: model checkpoints (classifier and DnCNN) and per-epoch resume states.
 
-Only tensors, numbers, strings, lists and dicts are stored, so loading never unpickles code.
+Everything is written to a temp file and renamed into place, and holds only tensors, numbers,
+strings, lists and dicts, so it loads with ``weights_only=True`` (loading never runs code).
+Model checkpoints record their provenance: the fingerprint of the prepared data they were trained
+on and the training parameters (see :mod:`pipeline.provenance`). Resume states carry a fingerprint
+of everything that must be equal for resuming to be valid; a different one starts fresh.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, ParamsError
 from pipeline.io import atomic_path
+from pipeline.provenance import check_provenance, fingerprint
 
-FORMAT_VERSION = 1
+__all__ = [
+    "FORMAT_VERSION",
+    "capture_rng",
+    "check_checkpoint_provenance",
+    "clear_state",
+    "fingerprint",
+    "load_checkpoint",
+    "load_model",
+    "load_state",
+    "restore_rng",
+    "resume_path",
+    "save_checkpoint",
+    "save_state",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+"""Version of every file this module writes (1: before provenance and resume states)."""
 
 
-def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()}
+@dataclass(frozen=True)
+class _Kind:
+    required: tuple[str, ...]
+    arrays: tuple[str, ...]
+    """Fields given as numpy arrays (or dicts of them): stored as tensors, loaded back as numpy."""
+    fix: str
+    """The command that writes this kind of checkpoint, for error messages."""
+
+
+KINDS = {
+    "classifier": _Kind(
+        ("state_dict", "model_config", "pca", "patch", "class_names", "meta"),
+        ("pca",),
+        "hsi train",
+    ),
+    "dncnn": _Kind(
+        ("state_dict", "model_config", "band_min", "band_max", "noise", "split", "meta"),
+        ("band_min", "band_max"),
+        "hsi denoise_train",
+    ),
+}
+STATE_KIND = "resume_state"
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` with numpy arrays as tensors and numpy scalars as Python numbers; TypeError for
+    anything ``weights_only=True`` could not load back."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {k: _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.dtype, torch.Size)):
+        return obj
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot be stored in a weights-only file")
+
+
+def _numpy(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: _numpy(v) for k, v in obj.items()}
+    return obj
+
+
+def _save(path: str | os.PathLike, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load(path: Path, what: str) -> dict:
+    """torch.load with weights_only=True; DataError (one line, no advice to disable safe loading)
+    for a missing, corrupt, truncated, foreign or code-carrying file."""
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise DataError(
+                f"{path}: refused: holds Python objects other than tensors, numbers, strings, "
+                "lists and dicts (loading them could run code); not a pipeline file"
+            ) from None
+        raise DataError(f"{path}: not a readable {what} (corrupt or not a PyTorch file)") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, … for corrupt or foreign files
+        raise DataError(
+            f"{path}: not a readable {what} (corrupt, truncated or not a PyTorch file: "
+            f"{type(e).__name__})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a {what} (holds a {type(obj).__name__}, not a dict)")
+    version = obj.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(
+            f"{path}: format_version {version!r} is newer than this pipeline reads "
+            f"({FORMAT_VERSION}); update the pipeline"
+        )
+    return obj
+
+
+# --------------------------------------------------------------------------- model checkpoints
 
 
 def save_checkpoint(
     path: str | os.PathLike,
     *,
-    state_dict: dict,
+    kind: str = "classifier",
+    state_dict: Mapping[str, torch.Tensor],
     model_config: dict,
-    pca: dict[str, np.ndarray],
-    patch: dict,
-    class_names: list[str],
-    meta: dict[str, Any],
+    meta: dict,
+    data_fingerprint: str | None = None,
+    params: dict | None = None,
+    **fields: Any,
 ) -> None:
+    """Atomically write a model checkpoint of ``kind`` ("classifier" or "dncnn").
+
+    ``fields`` are the kind's other required entries (classifier: ``pca``, ``patch``,
+    ``class_names``; dncnn: ``band_min``, ``band_max``, ``noise``, ``split``). Provenance:
+    ``data_fingerprint`` is the prepared data's ``meta["fingerprint"]`` (or, for data not from
+    ``prepare``, any :func:`fingerprint` of the inputs) and ``params`` the training parameters
+    (a flat or nested dict of plain values); both are stored with the params' fingerprint.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
+    missing = set(KINDS[kind].required) - {"state_dict", "model_config", "meta", *fields}
+    if missing:
+        raise TypeError(f"save_checkpoint(kind={kind!r}) needs {sorted(missing)}")
+    params = dict(params or {})
     payload = {
         "format_version": FORMAT_VERSION,
-        "state_dict": state_dict,
-        "model_config": dict(model_config),
-        "pca": _to_tensors(pca),
-        "patch": dict(patch),
-        "class_names": list(class_names),
-        "meta": dict(meta),
+        "kind": kind,
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "model_config": _plain(dict(model_config), "model_config"),
+        "meta": _plain(dict(meta), "meta"),
+        "provenance": {
+            "data_fingerprint": data_fingerprint,
+            "params": _plain(params, "params"),
+            "params_fingerprint": fingerprint(params),
+        },
+        **{k: _plain(v, k) for k, v in fields.items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    _save(path, payload)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
+    """Load and check a model checkpoint of ``kind``; array fields come back as numpy.
+
+    The returned dict also has ``path``. DataError names the file and what is missing or wrong.
+    """
     path = Path(path)
+    spec = KINDS[kind]
+    what = f"{kind} checkpoint"
     if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    missing = {"state_dict", "model_config", "pca", "patch", "class_names"} - set(ckpt)
+        raise DataError(f"{path}: {what} not found; run `{spec.fix}` (or `dvc repro`) first")
+    ckpt = _load(path, what)
+    found = ckpt.get("kind", "classifier")  # format 1 classifier checkpoints had no kind
+    if found != kind:
+        raise DataError(f"{path}: a {found} checkpoint, not a {what}")
+    missing = [k for k in spec.required if k not in ckpt]
     if missing:
-        raise DataError(f"{path}: not a pipeline checkpoint (missing {sorted(missing)})")
-    ckpt["pca"] = {k: v.numpy() for k, v in ckpt["pca"].items()}
+        raise DataError(f"{path}: not a {what}: missing {', '.join(missing)}")
+    sd = ckpt["state_dict"]
+    if (
+        not isinstance(sd, dict)
+        or not sd
+        or not all(isinstance(v, torch.Tensor) for v in sd.values())
+    ):
+        raise DataError(f"{path}: 'state_dict' is not a non-empty dict of tensors")
+    for key in ("model_config", "meta"):
+        if not isinstance(ckpt[key], dict):
+            raise DataError(f"{path}: '{key}' is a {type(ckpt[key]).__name__}, not a dict")
+    for key in spec.arrays:
+        vals = ckpt[key].values() if isinstance(ckpt[key], dict) else [ckpt[key]]
+        if not all(isinstance(v, torch.Tensor) for v in vals):
+            raise DataError(f"{path}: '{key}' does not hold arrays")
+        ckpt[key] = _numpy(ckpt[key])
+    ckpt.setdefault("provenance", {})
+    ckpt["path"] = str(path)
     return ckpt
 
 
-def load_model(ckpt: dict, device="cpu") -> torch.nn.Module:
+def _build(ckpt: dict) -> torch.nn.Module:
+    if ckpt.get("kind", "classifier") == "dncnn":
+        from pipeline.models.dncnn import DnCNN
+
+        return DnCNN(**ckpt["model_config"])
     from pipeline.models import build_model
 
-    model = build_model(**ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
+    return build_model(**ckpt["model_config"])
+
+
+def load_model(
+    ckpt: dict, device="cpu", build: Callable[[dict], torch.nn.Module] | None = None
+) -> torch.nn.Module:
+    """The checkpoint's model in eval mode on ``device``.
+
+    ``build(ckpt)`` makes the untrained module (default: from ``model_config`` by kind).
+    DataError names the file and the missing/unexpected weights or the bad config.
+    """
+    path = ckpt.get("path", "checkpoint")
+    try:
+        model = (build or _build)(ckpt)
+    except (TypeError, ValueError, KeyError, ParamsError) as e:
+        raise DataError(f"{path}: 'model_config' does not describe a model ({e})") from None
+    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing weights {_few(result.missing_keys)}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected weights {_few(result.unexpected_keys)}")
+    if problems:
+        raise DataError(f"{path}: 'state_dict' does not fit the model: {'; '.join(problems)}")
     return model.to(device).eval()
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def check_checkpoint_provenance(
+    ckpt: dict, current: str | None, *, against: str, fix: str | None = None
+) -> None:
+    """DataError unless the checkpoint was trained on data with fingerprint ``current``.
+
+    ``against`` names where ``current`` comes from (e.g. ``data/prepared/indian_pines``), ``fix``
+    the command that retrains (default: the kind's training command).
+    """
+    check_provenance(
+        ckpt.get("path", "checkpoint"),
+        ckpt.get("provenance", {}).get("data_fingerprint"),
+        current,
+        against=against,
+        fix=fix or f"{KINDS[ckpt.get('kind', 'classifier')].fix} (or `dvc repro`)",
+    )
+
+
+# --------------------------------------------------------------------------- resume states
+
+
+def resume_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Where the resume state of the run writing ``checkpoint_path`` lives: beside it in
+    ``.resume/``, which DVC does not delete before re-running the stage (git ignores ``*.pt``)."""
+    p = Path(checkpoint_path)
+    return p.parent / ".resume" / p.name
+
+
+def save_state(path: str | os.PathLike, state: Mapping[str, Any], *, fingerprint: str) -> None:
+    """Atomically write a training state (tensors, numbers, strings, lists, dicts, numpy arrays).
+
+    ``fingerprint`` identifies everything that must be unchanged to resume from it (data
+    fingerprint, training params, seed); a kill -9 at any moment leaves the previous state intact.
+    """
+    _save(
+        path,
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": STATE_KIND,
+            "fingerprint": fingerprint,
+            "state": _plain(dict(state), "state"),
+        },
+    )
+
+
+def load_state(path: str | os.PathLike, *, fingerprint: str) -> dict | None:
+    """The saved state, or None (start fresh) when there is none, it is unreadable, or it was
+    made with a different ``fingerprint``; the reason is logged. Numpy arrays come back as tensors."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        obj = _load(path, "resume state")
+    except DataError as e:
+        log.warning("%s; starting fresh", e)
+        return None
+    if obj.get("kind") != STATE_KIND or not isinstance(obj.get("state"), dict):
+        log.warning("%s: not a resume state; starting fresh", path)
+        return None
+    if obj.get("fingerprint") != fingerprint:
+        log.warning(
+            "%s: saved for other data or params (fingerprint %s, now %s); starting fresh",
+            path,
+            str(obj.get("fingerprint"))[:12],
+            fingerprint[:12],
+        )
+        return None
+    return obj["state"]
+
+
+def clear_state(path: str | os.PathLike) -> None:
+    """Remove a resume state (after the run finished and its checkpoint is written)."""
+    Path(path).unlink(missing_ok=True)
+
+
+Generators = Mapping[str, "torch.Generator | np.random.Generator"]
+
+
+def capture_rng(generators: Generators | None = None) -> dict:
+    """The state of torch's global CPU (and CUDA) RNG, numpy's and Python's global RNGs and each
+    named generator, as plain values a weights-only file can hold."""
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG that seeding sets
+    py_version, py_internal, py_gauss = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": np_state[0],
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [py_version, list(py_internal), py_gauss],
+        "generators": {},
+    }
+    for name, gen in (generators or {}).items():
+        if isinstance(gen, torch.Generator):
+            out["generators"][name] = gen.get_state()
+        else:  # numpy Generator: its state holds 128-bit ints, kept exactly as JSON text
+            out["generators"][name] = json.dumps(gen.bit_generator.state)
+    return out
+
+
+def restore_rng(rng: Mapping[str, Any], generators: Generators | None = None) -> None:
+    """Put back what :func:`capture_rng` recorded (the same ``generators`` names)."""
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            n["name"],
+            np.asarray(n["key"]).astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    for name, gen in (generators or {}).items():
+        saved = rng["generators"][name]
+        if isinstance(gen, torch.Generator):
+            gen.set_state(saved)
+        else:
+            gen.bit_generator.state = json.loads(saved)
