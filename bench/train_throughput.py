@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.datasets import fetch_dataset, load_raw
+from pipeline.data.fetching import fetch_dataset, load_raw
 from pipeline.data.pca import fit_pca
 from pipeline.data.splits import make_split
 from pipeline.models import build_model

@@ -7,6 +7,7 @@ An unknown key or a bad value is a :class:`ParamsError` naming the dotted key, s
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,15 @@ def _opt_str_list(v):
     return "must be null or a list of strings"
 
 
+def _opt_rgb(v):
+    ok = isinstance(v, list) and len(v) == 3
+    if v is None or (
+        ok and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    ):
+        return None
+    return "must be null or a list of 3 band indices (red, green, blue)"
+
+
 def _sigmas(v):
     if not isinstance(v, list) or not v or any(_num(0)(x) for x in v):
         return "must be a non-empty list of numbers >= 0"
@@ -123,6 +133,11 @@ SCHEMA: dict[str, Any] = {
             "cube_key": Field(None, _opt_str),
             "gt_key": Field(None, _opt_str),
             "class_names": Field(None, _opt_str_list),
+            "title": Field(None, _opt_str),
+            "pca_components": Field(None, _num(1, integer=True, optional=True)),
+            "rgb_bands": Field(None, _opt_rgb),
+            "citation": Field(None, _opt_str),
+            "licence": Field(None, _opt_str),
         },
     },
     "pca": {
@@ -185,6 +200,9 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _walk(schema: dict, given: Any, prefix: str, where: str) -> dict:
     if given is None:
         given = {}
@@ -205,6 +223,10 @@ def _walk(schema: dict, given: Any, prefix: str, where: str) -> dict:
             continue
         value = given.get(name, copy.deepcopy(spec.default))
         problem = spec.check(value)
+        # YAML 1.1 reads `1e-3` (no dot) as a string; accept it where a number is valid
+        numeric = isinstance(value, str) and _FLOAT.fullmatch(value.strip())
+        if problem and numeric and not spec.check(float(value)):
+            value, problem = float(value), None
         if problem:
             raise ParamsError(f"{where}: '{key}' = {value!r} {problem}")
         out[name] = value

@@ -15,15 +15,17 @@ import pytest
 import scipy.io
 import spectral.io.envi as envi
 
-from pipeline.data import datasets as ds
-from pipeline.data.datasets import (
+from pipeline.data import fetching as ds
+from pipeline.data.custom import CUSTOM_KEYS
+from pipeline.data.fetching import fetch_dataset, load_manifest, load_raw
+from pipeline.data.registry import (
     DATASETS,
+    PALETTE_16,
     DatasetInfo,
     FileSpec,
-    fetch_dataset,
+    default_palette,
+    default_rgb_bands,
     get_dataset,
-    load_manifest,
-    load_raw,
 )
 from pipeline.errors import ChecksumError, DataError, ParamsError
 from pipeline.io import sha256_file
@@ -78,6 +80,8 @@ def test_indian_pines_offline_from_package(tmp_path):
     assert "10.4231/R7RX991C" in manifest["citation"]
     assert manifest["sha256_recorded_unknown"] == []
     assert manifest["labelled_pixels"] == 10249
+    assert manifest["rgb_bands"] == list(IP.rgb_bands)
+    assert manifest["palette"] == [list(c) for c in PALETTE_16]
 
     cube, gt, loaded = load_raw(out)
     assert cube.shape == (145, 145, 200) and cube.dtype == np.uint16
@@ -138,6 +142,9 @@ def test_registry_is_consistent():
         assert info.name == name
         assert (info.shape, len(info.class_names)) == expected[name]
         assert all(0 <= b < info.shape[2] for b in info.rgb_bands)
+        assert len(info.palette) == len(info.class_names)
+        assert len(set(info.palette)) == len(info.palette)
+        assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in info.palette)
         assert 0 < info.pca_components <= info.shape[2]
         assert info.citation and info.licence
         for cube, gt in [(info.cube, info.gt), *info.alternatives]:
@@ -239,6 +246,7 @@ def _tiny(root: Path, base: str, *, cube_sha: str | None = "auto") -> DatasetInf
         shape=(4, 3, 5),
         pca_components=3,
         rgb_bands=(4, 2, 0),
+        palette=PALETTE_16[:2],
         citation="test",
         licence="CC0",
     )
@@ -312,7 +320,8 @@ def test_custom_single_mat(tmp_path):
     assert manifest["cube"]["file"] == manifest["gt"]["file"] == "scene.mat"
     assert manifest["shape"] == [6, 4, 12]
     assert manifest["pca_components"] == 12
-    assert all(0 <= b < 12 for b in manifest["rgb_bands"])
+    assert manifest["rgb_bands"] == list(default_rgb_bands(12))
+    assert manifest["palette"] == [list(c) for c in default_palette(3)]
     c, g, _ = load_raw(tmp_path / "out")
     np.testing.assert_array_equal(c, cube)
     assert g.dtype.kind in "iu" and int(g.max()) == 3
@@ -384,3 +393,22 @@ def test_custom_errors(tmp_path):
 
 def test_checksum_error_is_a_data_error():
     assert issubclass(ChecksumError, DataError)
+
+
+def test_default_palette_extends_the_classic_map():
+    assert default_palette(9) == PALETTE_16[:9]
+    big = default_palette(40)
+    assert big[:16] == PALETTE_16 and big == default_palette(41)[:40]
+    assert len(set(big)) == 40 and (0, 0, 0) not in big
+
+
+def test_default_rgb_bands_put_long_wavelengths_in_red():
+    assert default_rgb_bands(101) == (75, 50, 25)
+    r, g, b = default_rgb_bands(3)
+    assert r > g > b
+
+
+def test_custom_keys_match_the_params_schema():
+    from pipeline.params import SCHEMA
+
+    assert set(SCHEMA["dataset"]["custom"]) == set(CUSTOM_KEYS)

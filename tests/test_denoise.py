@@ -129,7 +129,7 @@ def test_denoise_cube_runs_each_band_through_the_model(batch_bands):
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
     """fetch → prepare → train hybridsn → denoise_train → denoise_evaluate → robustness."""
-    from pipeline.data.datasets import fetch_dataset
+    from pipeline.data.fetching import fetch_dataset
     from pipeline.stages import denoise_evaluate, denoise_train, prepare, robustness, train
 
     root = tmp_path_factory.mktemp("stages")

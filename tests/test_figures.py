@@ -8,6 +8,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+from pipeline.data.registry import DATASETS, default_rgb_bands
 from pipeline.evaluation import figures as F
 
 H, W, B = 12, 10, 20
@@ -60,6 +61,17 @@ def test_class_palette_is_fixed_and_distinct():
 def test_class_palette_rejects_no_classes():
     with pytest.raises(ValueError):
         F.class_palette(0)
+    with pytest.raises(ValueError, match="2 class colours"):
+        F.class_palette(3, [(1, 2, 3), (4, 5, 6)])
+
+
+def test_class_palette_uses_the_dataset_colours():
+    pavia = DATASETS["pavia_university"]
+    pal = F.class_palette(len(pavia.class_names), pavia.palette)
+    np.testing.assert_array_equal(pal[0], [0, 0, 0])
+    np.testing.assert_allclose(pal[1:] * 255, np.asarray(pavia.palette))
+    own = F.class_palette(2, [[10, 20, 30], [40, 50, 60]])
+    np.testing.assert_allclose(own[2] * 255, [40, 50, 60])
 
 
 def test_false_colour_default_bands_and_stretch(scene):
@@ -67,7 +79,7 @@ def test_false_colour_default_bands_and_stretch(scene):
     rgb = F.false_colour(cube)
     assert rgb.shape == (H, W, 3)
     assert rgb.min() >= 0.0 and rgb.max() <= 1.0
-    bands = F._default_bands(B)
+    bands = default_rgb_bands(B)
     assert len(set(bands)) == 3 and bands[0] > bands[1] > bands[2]
     np.testing.assert_array_equal(rgb, F.false_colour(cube, bands))
     for i, b in enumerate(bands):

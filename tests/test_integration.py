@@ -197,7 +197,7 @@ def test_predict_on_users_mat_cube(repo, tmp_path):
     root, env, _ = repo
     import scipy.io
 
-    from pipeline.data.datasets import load_raw
+    from pipeline.data.fetching import load_raw
 
     cube, _, _ = load_raw(root / "data/raw/indian_pines")
     scipy.io.savemat(tmp_path / "field.mat", {"field_cube": cube[50:80, 60:95]})

@@ -166,7 +166,7 @@ def test_core_imports_without_mlflow_or_dvc():
         "        if name.split('.')[0] in ('mlflow', 'dvc'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import pipeline.data.datasets, pipeline.data.splits, pipeline.data.patches\n"
+        "import pipeline.data.fetching, pipeline.data.splits, pipeline.data.patches\n"
         "import pipeline.models, pipeline.training.classifier, pipeline.training.checkpoint\n"
         "import pipeline.evaluation.inference, pipeline.evaluation.metrics\n"
         "print('ok')\n"

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
+from pipeline.data.registry import default_palette, default_rgb_bands
 from pipeline.io import atomic_path
 
 MAP_DPI = 150
@@ -40,102 +41,42 @@ SPLIT_COLOURS = {
 _SPLIT_ALIASES = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
 _EXTRA_SPLIT_COLOURS = [(0.800, 0.475, 0.655), (0.337, 0.706, 0.914), (0.835, 0.369, 0.0)]
 
-_INDIAN_PINES_RGB = [
-    (255, 254, 137),
-    (3, 28, 241),
-    (255, 89, 1),
-    (5, 255, 133),
-    (255, 2, 251),
-    (89, 1, 255),
-    (3, 171, 255),
-    (12, 255, 7),
-    (172, 175, 84),
-    (160, 78, 158),
-    (101, 173, 255),
-    (60, 91, 112),
-    (104, 192, 63),
-    (139, 69, 46),
-    (119, 255, 172),
-    (254, 255, 3),
-]
-_MIN_COLOUR_DISTANCE = 0.2
-
 _PAD_PX = 12
 _TITLE_PT = 11
 _PANEL_TITLE_PT = 9
 _LEGEND_PT = 8
 
 
-def _palette_sequence(n: int) -> list[np.ndarray]:
-    """Class colours in a fixed order: Indian Pines map, then tab20/b/c, then golden-ratio hues.
+def class_palette(n_classes: int, colours: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """``(n_classes + 1, 3)`` float palette: row 0 background (black), row k class k.
 
-    A candidate is kept only if it is far enough (RGB distance) from background and every
-    colour already chosen, so class k has the same colour for every class count.
-    """
-    chosen = [np.asarray(BACKGROUND)]
-    out: list[np.ndarray] = []
-
-    def far_enough(colour: np.ndarray, threshold: float) -> bool:
-        return min(float(np.linalg.norm(colour - c)) for c in chosen) > threshold
-
-    for rgb in _INDIAN_PINES_RGB:
-        colour = np.asarray(rgb, dtype=np.float64) / 255.0
-        chosen.append(colour)
-        out.append(colour)
-    for name in ("tab20", "tab20b", "tab20c"):
-        for rgb in matplotlib.colormaps[name].colors:
-            if len(out) >= n:
-                return out[:n]
-            colour = np.asarray(rgb, dtype=np.float64)
-            if far_enough(colour, _MIN_COLOUR_DISTANCE):
-                chosen.append(colour)
-                out.append(colour)
-    golden = (math.sqrt(5) - 1) / 2
-    threshold = _MIN_COLOUR_DISTANCE
-    i = 0
-    while len(out) < n:
-        hue = (i * golden) % 1.0
-        sat = (0.95, 0.6, 0.8)[i % 3]
-        val = (0.95, 0.7, 0.5, 0.85)[(i // 3) % 4]
-        colour = np.asarray(matplotlib.colors.hsv_to_rgb((hue, sat, val)))
-        i += 1
-        if far_enough(colour, threshold):
-            chosen.append(colour)
-            out.append(colour)
-        elif i % 200 == 0:
-            threshold *= 0.8
-    return out[:n]
-
-
-def class_palette(n_classes: int) -> np.ndarray:
-    """Fixed ``(n_classes + 1, 3)`` float palette: row 0 background (black), row k class k.
-
-    Depends only on ``n_classes`` (and class k keeps its colour for any count), so maps from
-    different runs and models can be compared side by side. Up to 16 classes it is the
-    classic Indian Pines colour map used in HSI papers.
+    ``colours`` are the dataset's class colours (0..255, from the registry via the manifest and
+    ``meta.json``); without them the registry's default palette for ``n_classes`` is used. Class
+    k keeps its colour for any class count, so maps from different runs compare side by side.
     """
     n_classes = int(n_classes)
     if n_classes < 1:
         raise ValueError(f"n_classes must be >= 1, got {n_classes}")
-    return np.vstack([np.asarray(BACKGROUND), *_palette_sequence(n_classes)])
-
-
-def _default_bands(n_bands: int) -> tuple[int, int, int]:
-    return tuple(int(round(f * (n_bands - 1))) for f in (0.6, 0.35, 0.1))
+    if colours is None:
+        colours = default_palette(n_classes)
+    if len(colours) < n_classes:
+        raise ValueError(f"{len(colours)} class colours given for {n_classes} classes")
+    rgb = np.asarray(colours[:n_classes], dtype=np.float64).reshape(n_classes, 3) / 255.0
+    return np.vstack([np.asarray(BACKGROUND), rgb])
 
 
 def false_colour(cube, bands: Sequence[int] | None = None) -> np.ndarray:
     """``(H, W, 3)`` float RGB in [0, 1] from three bands of an ``(H, W, B)`` cube.
 
-    Default bands are spread over the spectrum (60 %, 35 %, 10 % of the band range, longest
-    wavelength in red). Each channel gets its own 2-98 percentile stretch so outliers do not
+    ``bands`` default to :func:`pipeline.data.registry.default_rgb_bands` (pass the dataset's
+    ``rgb_bands`` from the manifest for a catalogue scene). Each channel gets its own 2-98 percentile stretch so outliers do not
     wash out the scene; non-finite values become 0.
     """
     cube = np.asarray(cube)
     if cube.ndim != 3:
         raise ValueError(f"cube must be (H, W, B), got shape {cube.shape}")
     n_bands = cube.shape[2]
-    bands = _default_bands(n_bands) if bands is None else tuple(int(b) for b in bands)
+    bands = default_rgb_bands(n_bands) if bands is None else tuple(int(b) for b in bands)
     if len(bands) != 3:
         raise ValueError(f"false_colour needs exactly 3 bands, got {len(bands)}")
     for b in bands:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.datasets import load_raw
+from pipeline.data.fetching import load_raw
 from pipeline.errors import DataError
 from pipeline.io import write_json, write_text
 from pipeline.models import count_parameters

@@ -1,4 +1,9 @@
-"""Stage `evaluate` (one model × seed): test-split metrics, confusion reports and scene maps."""
+"""Stage `evaluate` (one model × seed): test-split metrics, confusion reports and scene maps.
+
+The checkpoint must have been trained on the prepared data now on disk (same fingerprint), else
+nothing is written. ``classification_report.json`` is removed first and written last with the
+data fingerprint, so `report` never combines the outputs of an interrupted evaluation.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +34,13 @@ from pipeline.stages.common import (
     run_name,
 )
 from pipeline.tracking import start_run
-from pipeline.training.checkpoint import load_checkpoint, load_model
+from pipeline.training.checkpoint import check_checkpoint_provenance, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
 
 log = logging.getLogger(__name__)
+
+REPORT = "classification_report.json"
+"""Written last; its recorded data fingerprint is what `report` checks."""
 
 
 def confusion_csv(cm: np.ndarray, names: list[str]) -> str:
@@ -54,7 +62,15 @@ def run(params: dict, model_name: str, seed: int) -> dict:
     data = load_prepared(params)
     device = resolve_device(params["train"]["device"])
     ckpt = load_checkpoint(checkpoint_path(params, model_name, seed))
+    check_checkpoint_provenance(
+        ckpt,
+        data.meta.get("fingerprint"),
+        against=str(data.path),
+        fix=f"hsi train --model {model_name} --seed {seed}",
+    )
     model = load_model(ckpt, device)
+    out = report_dir(params, model_name, seed)
+    (out / REPORT).unlink(missing_ok=True)
     ev, patch = params["evaluate"], ckpt["patch"]
     pred = predict_scene(
         model,
@@ -79,26 +95,14 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         "n_test": report["n"],
         "scene_inference_s": pred.seconds,
     }
-    out = report_dir(params, model_name, seed)
     write_json(out / "metrics.json", metrics)
-    write_json(
-        out / "classification_report.json",
-        {
-            **report,
-            "inference": {
-                "method": pred.method,
-                "seconds": pred.seconds,
-                "device": device_name(device),
-            },
-        },
-    )
     write_text(out / "confusion.csv", confusion_csv(cm, names))
     write_json(out / "confusion.json", confusion_records(y_true, y_pred, names))
     title = f"{run_name(model_name, seed)} on {data.meta['dataset']}"
     save_confusion_png(out / "confusion.png", cm, names, title=f"{title}: test pixels")
     save_npy(prediction_path(params, model_name, seed), pred.labels)
 
-    palette = class_palette(len(names))
+    palette = class_palette(len(names), data.meta["palette"])
     labelled = data.labels > 0
     rgb = false_colour(data.cube[..., :3])
     panels = [
@@ -117,6 +121,22 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         extra_legend={"correct": CORRECT_COLOUR, "error": ERROR_COLOUR},
     )
     save_map(out / "prediction.png", pred.labels, names, title=title, palette=palette)
+    write_json(
+        out / REPORT,
+        {
+            **report,
+            "inference": {
+                "method": pred.method,
+                "seconds": pred.seconds,
+                "device": device_name(device),
+            },
+            "provenance": {
+                "data_fingerprint": data.meta["fingerprint"],
+                "checkpoint": str(ckpt["path"]),
+                "params_fingerprint": ckpt["provenance"].get("params_fingerprint"),
+            },
+        },
+    )
 
     tags = {"stage": "evaluate", "model": model_name, "seed": seed, "device": device_name(device)}
     name = run_name(model_name, seed)

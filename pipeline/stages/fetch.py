@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.data.datasets import fetch_dataset
+from pipeline.data.fetching import fetch_dataset
 
 log = logging.getLogger(__name__)
 

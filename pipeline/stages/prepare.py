@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.datasets import load_raw
+from pipeline.data.fetching import load_raw
 from pipeline.data.loaders import resolve_key
 from pipeline.data.pca import fit_pca
 from pipeline.data.splits import make_split, split_summary
@@ -129,6 +129,7 @@ def run(params: dict) -> dict:
             "raw_bands": int(cube.shape[-1]),
             "crop": crop,
             "rgb_bands": manifest["rgb_bands"],
+            "palette": manifest["palette"],
             "cube_sha256": manifest["cube"]["sha256"],
             "gt_sha256": manifest["gt"]["sha256"],
         },

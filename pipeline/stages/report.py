@@ -108,7 +108,7 @@ def run(params: dict) -> dict:
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", summary_markdown(summary, params))
 
-    palette = class_palette(len(data.class_names))
+    palette = class_palette(len(data.class_names), data.meta["palette"])
     seed = seeds[0]
     panels = [("ground truth", label_to_rgb(data.labels, palette))]
     panels += [

@@ -1,0 +1,327 @@
+"""Verified, offline-first fetching of a catalogue dataset (or a user's own scene).
+
+:func:`fetch_dataset` tries, per file: a local folder (``data_dir`` or ``$HSI_DATA_DIR``, also
+its ``<name>/`` subfolder), then an installed package, then the public URLs listed in
+:mod:`pipeline.data.registry`. Every file is verified before it is renamed into place, so offline
+users can drop the original files into the local folder. The result is a folder with the files
+and ``manifest.json`` (files, hashes, sources, shape, class names, palette, defaults), read back
+by :func:`load_raw`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.custom import ingest_custom
+from pipeline.data.download import copy_verified, download, verify_file
+from pipeline.data.loaders import load_cube, load_gt
+from pipeline.data.registry import DatasetInfo, FileSpec, get_dataset, normalise_name
+from pipeline.errors import ChecksumError, DataError, ParamsError
+from pipeline.io import write_json
+
+__all__ = ["DATA_DIR_ENV", "SOURCES", "fetch_dataset", "load_manifest", "load_raw"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+SOURCES = ("auto", "local", "package", "url")
+DATA_DIR_ENV = "HSI_DATA_DIR"
+_MANIFEST_FIELDS = ("dataset", "cube", "gt", "shape", "class_names", "rgb_bands", "palette")
+
+
+def fetch_dataset(
+    name: str,
+    out_dir: str | os.PathLike,
+    *,
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    custom: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fetch dataset ``name`` into ``out_dir``, verify it, and write ``out_dir/manifest.json``.
+
+    ``source`` is ``"auto"`` (local folder, then package, then URLs), ``"local"``,
+    ``"package"`` or ``"url"``. The local folder is ``data_dir`` or ``$HSI_DATA_DIR``; a file
+    is looked up there and in its ``<name>/`` subfolder. Files already in ``out_dir`` with the
+    expected hash are kept. After fetching, cube and labels are loaded and their shapes checked
+    against the registry. ``name="custom"`` copies the user's files given by ``custom`` (keys
+    ``cube``, ``gt``, optional ``cube_key``, ``gt_key``, ``class_names``, ``title``,
+    ``pca_components``, ``rgb_bands``, ``citation``, ``licence``). Returns the manifest.
+    """
+    if source not in SOURCES:
+        raise ParamsError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if normalise_name(name) == "custom":
+        if custom is None:
+            raise ParamsError("dataset 'custom' needs custom={'cube': path, 'gt': path, ...}")
+        info, cube_rec, gt_rec = ingest_custom(custom, out_dir)
+        unknown: list[str] = []
+    else:
+        if custom is not None:
+            raise ParamsError(f"custom=... is only allowed with dataset 'custom', not {name!r}")
+        info = get_dataset(name)
+        local = _local_dir(data_dir, source)
+        previous = _previous_manifest(out_dir)
+        info, cube_rec, gt_rec = _fetch_registered(info, out_dir, source, local, previous, progress)
+        unknown = [spec.filename for spec in (info.cube, info.gt) if spec.sha256 is None]
+
+    cube = load_cube(out_dir / cube_rec["file"], cube_rec["key"])
+    gt = load_gt(out_dir / gt_rec["file"], gt_rec["key"])
+    _check_arrays(info, cube, gt, out_dir)
+    labels, counts = np.unique(gt[gt > 0], return_counts=True)
+
+    manifest = {
+        "dataset": info.name,
+        "title": info.title,
+        "licence": info.licence,
+        "citation": info.citation,
+        "class_names": list(info.class_names),
+        "cube": cube_rec,
+        "gt": gt_rec,
+        "shape": list(info.shape),
+        "dtype": str(cube.dtype),
+        "pca_components": info.pca_components,
+        "rgb_bands": list(info.rgb_bands),
+        "palette": [list(c) for c in info.palette],
+        "labelled_pixels": int(counts.sum()),
+        "label_counts": {str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)},
+        "sha256_recorded_unknown": unknown,
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(out_dir: str | os.PathLike) -> dict:
+    """Read ``out_dir/manifest.json`` written by :func:`fetch_dataset`."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found; run fetch_dataset (the 'fetch' stage) first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest: {exc}") from exc
+    for field in _MANIFEST_FIELDS:
+        if field not in manifest:
+            raise DataError(
+                f"{path}: manifest lacks the field {field!r}; run the 'fetch' stage again"
+            )
+    return manifest
+
+
+def load_raw(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Load ``(cube H×W×B, gt H×W integer, manifest)`` from a fetched dataset folder."""
+    out_dir = Path(out_dir)
+    manifest = load_manifest(out_dir)
+    cube = load_cube(out_dir / manifest["cube"]["file"], manifest["cube"].get("key"))
+    gt = load_gt(out_dir / manifest["gt"]["file"], manifest["gt"].get("key"))
+    if list(cube.shape) != list(manifest["shape"]) or gt.shape != cube.shape[:2]:
+        raise DataError(
+            f"{out_dir}: cube {cube.shape} / gt {gt.shape} do not match the manifest shape "
+            f"{tuple(manifest['shape'])}; fetch the dataset again"
+        )
+    return cube, gt, manifest
+
+
+def _local_dir(data_dir: str | os.PathLike | None, source: str) -> Path | None:
+    if data_dir is not None:
+        path = Path(data_dir)
+        if not path.is_dir():
+            raise DataError(f"data_dir {path} does not exist or is not a directory")
+        return path
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        path = Path(env)
+        if path.is_dir():
+            return path
+        log.warning("$%s=%s is not a directory; ignoring it", DATA_DIR_ENV, env)
+    if source == "local":
+        raise ParamsError(f"source='local' needs data_dir=... or the ${DATA_DIR_ENV} variable")
+    return None
+
+
+def _previous_manifest(out_dir: Path) -> dict:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fetch_registered(
+    info: DatasetInfo,
+    out_dir: Path,
+    source: str,
+    local: Path | None,
+    previous: dict,
+    progress: bool,
+) -> tuple[DatasetInfo, dict, dict]:
+    pairs = [(info.cube, info.gt), *info.alternatives]
+    failures: list[DataError] = []
+    for cube_spec, gt_spec in pairs:
+        written: list[Path] = []
+        try:
+            recs = [
+                _obtain(spec, info.name, out_dir, source, local, previous, progress, written)
+                for spec in (cube_spec, gt_spec)
+            ]
+        except DataError as exc:
+            failures.append(exc)
+            for path in written:
+                path.unlink(missing_ok=True)
+            continue
+        return replace(info, cube=cube_spec, gt=gt_spec), recs[0], recs[1]
+    where = f"${DATA_DIR_ENV} or data_dir" + (f" (now {local})" if local else "")
+    error = ChecksumError if all(isinstance(e, ChecksumError) for e in failures) else DataError
+    raise error(
+        f"could not fetch dataset {info.name!r} with source={source!r}:\n  - "
+        + "\n  - ".join(map(str, failures))
+        + f"\nTo work offline, put the original files into {where} or its {info.name}/ "
+        "subfolder; they are verified against the registry's size and sha256."
+    )
+
+
+def _obtain(
+    spec: FileSpec,
+    dataset: str,
+    out_dir: Path,
+    source: str,
+    local: Path | None,
+    previous: dict,
+    progress: bool,
+    written: list[Path],
+) -> dict:
+    dest = out_dir / spec.filename
+    prev = _previous_record(previous, spec.filename)
+    expected = spec.sha256 or prev.get("sha256")
+    if dest.is_file() and expected:
+        try:
+            digest = verify_file(dest, sha256=expected, size=spec.size)
+        except ChecksumError as exc:
+            log.info("%s; fetching it again", exc)
+        else:
+            return _record(spec, digest, dest, prev.get("source", "existing"))
+
+    candidates = _candidates(spec, dataset, source, local, progress)
+    if not candidates:
+        raise DataError(f"{spec.filename}: no {source!r} source available for this file")
+    errors: list[DataError] = []
+    for label, action in candidates:
+        try:
+            digest = action(dest)
+        except DataError as exc:
+            errors.append(exc)
+            log.warning("%s: %s failed: %s", spec.filename, label, exc)
+            continue
+        written.append(dest)
+        if spec.sha256 is None and not label.startswith("url:"):
+            log.warning("sha256 unknown; recorded %s for %s (from %s)", digest, dest, label)
+        return _record(spec, digest, dest, label)
+    error = ChecksumError if all(isinstance(e, ChecksumError) for e in errors) else DataError
+    raise error(f"{spec.filename}: every source failed ({'; '.join(map(str, errors))})")
+
+
+def _candidates(
+    spec: FileSpec, dataset: str, source: str, local: Path | None, progress: bool
+) -> list[tuple[str, Callable[[Path], str]]]:
+    out: list[tuple[str, Callable[[Path], str]]] = []
+
+    def copier(src: Path) -> Callable[[Path], str]:
+        return lambda dest: copy_verified(src, dest, sha256=spec.sha256, size=spec.size)
+
+    if source in ("auto", "local") and local is not None:
+        for base in (local, local / dataset):
+            for fname in (spec.filename, *spec.aliases):
+                if (base / fname).is_file():
+                    out.append((f"local:{base / fname}", copier(base / fname)))
+        if source == "local" and not out:
+            raise DataError(
+                f"{spec.filename}: not found in {local} or {local / dataset} "
+                f"(names tried: {', '.join((spec.filename, *spec.aliases))})"
+            )
+    if source in ("auto", "package") and spec.package_path:
+        try:
+            path, label = _package_file(spec.package_path)
+        except DataError as exc:
+            if source == "package":
+                raise
+            log.info("%s", exc)
+        else:
+            out.append((label, copier(path)))
+    if source in ("auto", "url"):
+        for url in spec.urls:
+            out.append(
+                (
+                    f"url:{url}",
+                    lambda dest, url=url: download(
+                        url, dest, sha256=spec.sha256, size=spec.size, progress=progress
+                    ),
+                )
+            )
+    return out
+
+
+def _package_file(package_path: str) -> tuple[Path, str]:
+    """Locate ``"pkg:rel/path"`` inside an installed package without importing it."""
+    pkg, _, rel = package_path.partition(":")
+    try:
+        found = importlib.util.find_spec(pkg)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise DataError(f"{package_path}: package {pkg!r} is not installed")
+    try:
+        version = importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    for base in found.submodule_search_locations:
+        path = Path(base) / rel
+        if path.is_file():
+            return path, f"package:{pkg}=={version}:{pkg}/{rel}"
+    raise DataError(f"{package_path}: {rel} not found in package {pkg} {version}")
+
+
+def _previous_record(previous: dict, filename: str) -> dict:
+    for part in ("cube", "gt"):
+        rec = previous.get(part)
+        if isinstance(rec, dict) and rec.get("file") == filename:
+            return rec
+    return {}
+
+
+def _record(spec: FileSpec, digest: str, path: Path, source: str) -> dict:
+    return {
+        "file": spec.filename,
+        "key": spec.key,
+        "sha256": digest,
+        "size": path.stat().st_size,
+        "source": source,
+    }
+
+
+def _check_arrays(info: DatasetInfo, cube: np.ndarray, gt: np.ndarray, out_dir: Path) -> None:
+    where = f"{out_dir / info.cube.filename}"
+    if tuple(cube.shape) != tuple(info.shape):
+        raise DataError(
+            f"{where}: cube shape {cube.shape} differs from the expected {tuple(info.shape)} "
+            f"for dataset {info.name!r}"
+        )
+    if gt.shape != cube.shape[:2]:
+        raise DataError(
+            f"{out_dir / info.gt.filename}: label map shape {gt.shape} does not match the cube's "
+            f"spatial shape {cube.shape[:2]}"
+        )
+    if gt.size and (int(gt.min()) < 0 or int(gt.max()) > len(info.class_names)):
+        raise DataError(
+            f"{out_dir / info.gt.filename}: labels span {int(gt.min())}..{int(gt.max())} but "
+            f"dataset {info.name!r} has {len(info.class_names)} class names (labels 0..N)"
+        )
