@@ -1,32 +1,93 @@
-"""Paths and prepared-data loading shared by the stages (the core knows none of this)."""
+"""What the stages share: every output path, the crop, and loading raw or prepared data.
+
+Paths are built here and nowhere else, so ``dvc.yaml`` and the code name the same files:
+``data/raw/<dataset>/``, ``data/prepared/<dataset>/``, ``models/<dataset>/`` and
+``reports/<dataset>/``. The core (data, models, training, evaluation) knows none of this.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.fetching import load_raw
 from pipeline.errors import DataError
+
+DATA = Path("data")
+MODELS = Path("models")
+REPORTS = Path("reports")
 
 
 def run_name(model: str, seed: int) -> str:
     return f"{model}-seed{seed}"
 
 
+def raw_dir(params: dict) -> Path:
+    return DATA / "raw" / params["dataset"]["name"]
+
+
+def prepared_dir(params: dict) -> Path:
+    return DATA / "prepared" / params["dataset"]["name"]
+
+
 def checkpoint_path(params: dict, model: str, seed: int) -> Path:
-    return Path("models") / params["dataset"]["name"] / f"{run_name(model, seed)}.pt"
+    return MODELS / params["dataset"]["name"] / f"{run_name(model, seed)}.pt"
+
+
+def dncnn_path(params: dict) -> Path:
+    return MODELS / params["dataset"]["name"] / "dncnn.pt"
 
 
 def report_dir(params: dict, model: str | None = None, seed: int | None = None) -> Path:
-    base = Path("reports") / params["dataset"]["name"]
+    base = REPORTS / params["dataset"]["name"]
     return base if model is None else base / run_name(model, seed)
 
 
 def prediction_path(params: dict, model: str, seed: int) -> Path:
     """Scene label maps live together so the `report` stage can depend on one folder."""
     return report_dir(params) / "predictions" / f"{run_name(model, seed)}.npy"
+
+
+def denoise_dir(params: dict) -> Path:
+    return report_dir(params) / "denoise"
+
+
+def robustness_dir(params: dict) -> Path:
+    return report_dir(params) / "robustness"
+
+
+def crop(params: dict, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``arrays`` (each H×W or H×W×B) cut to ``dataset.crop`` = [row0, row1, col0, col1]."""
+    box = params["dataset"]["crop"]
+    if not box:
+        return arrays
+    r0, r1, c0, c1 = box
+    out = tuple(a[r0:r1, c0:c1] for a in arrays)
+    if out and (out[0].shape[0] == 0 or out[0].shape[1] == 0):
+        raise DataError(f"'dataset.crop' = {box} leaves nothing of a {arrays[0].shape[:2]} scene")
+    return out
+
+
+def raw_scene(params: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(cube H×W×B as stored, labels H×W, manifest)`` of the fetched scene, cropped."""
+    cube, gt, manifest = load_raw(raw_dir(params))
+    cube, gt = crop(params, cube, gt)
+    return cube, gt, manifest
+
+
+def history_csv(history: list[dict]) -> str:
+    """Per-epoch records as CSV (the union of their keys as columns), for DVC plots."""
+    cols = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
 
 
 @dataclass
@@ -46,7 +107,7 @@ class Prepared:
 
 
 def load_prepared(params: dict) -> Prepared:
-    path = Path("data/prepared") / params["dataset"]["name"]
+    path = prepared_dir(params)
     try:
         split = np.load(path / "split.npz")
         pca = np.load(path / "pca.npz")

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from pipeline.data.fetching import fetch_dataset
+from pipeline.stages.common import raw_dir
 
 log = logging.getLogger(__name__)
-
-
-def raw_dir(params: dict) -> Path:
-    return Path("data/raw") / params["dataset"]["name"]
 
 
 def run(params: dict) -> dict:

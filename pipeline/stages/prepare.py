@@ -7,20 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.fetching import load_raw
 from pipeline.data.loaders import resolve_key
 from pipeline.data.pca import fit_pca
 from pipeline.data.splits import make_split, split_summary
 from pipeline.errors import DataError
 from pipeline.evaluation.figures import false_colour, save_split_png
 from pipeline.io import save_npy, save_npz, write_json
-from pipeline.stages.fetch import raw_dir
+from pipeline.stages.common import prepared_dir, raw_dir, raw_scene
 
 log = logging.getLogger(__name__)
-
-
-def prepared_dir(params: dict) -> Path:
-    return Path("data/prepared") / params["dataset"]["name"]
 
 
 def check_scene(cube: np.ndarray, gt: np.ndarray, manifest: dict, where: Path) -> None:
@@ -63,14 +58,8 @@ def run(params: dict) -> dict:
     out = prepared_dir(params)
     if params["dataset"]["name"] == "custom":
         check_custom_keys(params["dataset"]["custom"])
-    cube, gt, manifest = load_raw(src)
+    cube, gt, manifest = raw_scene(params)
     check_scene(cube, gt, manifest, src)
-    crop = params["dataset"]["crop"]
-    if crop:
-        r0, r1, c0, c1 = crop
-        cube, gt = cube[r0:r1, c0:c1], gt[r0:r1, c0:c1]
-        if cube.shape[0] == 0 or cube.shape[1] == 0:
-            raise DataError(f"'dataset.crop' = {crop} leaves nothing of a {gt.shape} scene")
     labels = gt.astype(np.int64)
 
     sp, patch = params["split"], params["patch"]["size"]
@@ -127,7 +116,7 @@ def run(params: dict) -> dict:
             "n_classes": len(manifest["class_names"]),
             "shape": list(reduced.shape),
             "raw_bands": int(cube.shape[-1]),
-            "crop": crop,
+            "crop": params["dataset"]["crop"],
             "rgb_bands": manifest["rgb_bands"],
             "palette": manifest["palette"],
             "cube_sha256": manifest["cube"]["sha256"],
