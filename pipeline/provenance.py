@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,3 +107,42 @@ def check_provenance(
         f"{what}: made from data fingerprint {short(recorded)} but {against} has "
         f"{short(current)}; run `{fix}` to rebuild it from the current data"
     )
+
+
+def check_prepared(
+    where: str,
+    meta: Mapping[str, Any],
+    cube: np.ndarray,
+    labels: np.ndarray,
+    split: Mapping[str, np.ndarray],
+    pca: Mapping[str, np.ndarray],
+) -> str:
+    """The fingerprint of prepared data, after checking that ``meta.json`` (written last by
+    ``prepare``) records the fingerprint of exactly these arrays: files from two different or
+    interrupted ``prepare`` runs are refused instead of mixed."""
+    actual = prepared_fingerprint(cube, labels, split, pca)
+    recorded = meta.get("fingerprint")
+    if recorded != actual:
+        if not recorded:
+            raise DataError(
+                f"{where}/meta.json: records no data fingerprint (written by an older version or "
+                "an interrupted `hsi prepare`); run `hsi prepare` (or `dvc repro`)"
+            )
+        raise DataError(
+            f"{where}: meta.json records fingerprint {short(recorded)} but the arrays have "
+            f"{short(actual)} (files of different or interrupted `hsi prepare` runs); "
+            "run `hsi prepare` (or `dvc repro`)"
+        )
+    return actual
+
+
+def check_recorded(path: str | os.PathLike, current: str | None, *, against: str, fix: str) -> None:
+    """Like :func:`check_provenance` for a JSON output that records
+    ``{"provenance": {"data_fingerprint": ...}}`` (e.g. evaluate's classification_report.json);
+    a missing or unreadable file is refused too, naming ``fix``."""
+    path = Path(path)
+    try:
+        recorded = json.loads(path.read_text()).get("provenance", {}).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        raise DataError(f"{path}: missing or unreadable; run `{fix}`") from None
+    check_provenance(str(path), recorded, current, against=against, fix=fix)

@@ -22,11 +22,11 @@ from pipeline.evaluation.denoise import denoise_cube
 from pipeline.evaluation.figures import save_curve_png
 from pipeline.evaluation.inference import predict_scene
 from pipeline.io import write_json, write_text
-from pipeline.stages.common import checkpoint_path
+from pipeline.stages.common import checkpoint_path, load_prepared
 from pipeline.stages.denoise_evaluate import check_scene
 from pipeline.stages.denoise_train import dncnn_path, raw_scene
 from pipeline.tracking import start_run
-from pipeline.training.checkpoint import load_checkpoint, load_model
+from pipeline.training.checkpoint import check_checkpoint_provenance, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
 from pipeline.training.denoiser import add_noise, load_denoiser, scale_bands, unscale_bands
 
@@ -72,6 +72,13 @@ def run(params: dict) -> dict:
     seed = params["train"]["seeds"][0]
     clf_path = checkpoint_path(params, CLASSIFIER, seed)
     clf_ckpt = load_checkpoint(clf_path)
+    prepared = load_prepared(params)
+    check_checkpoint_provenance(
+        clf_ckpt,
+        prepared.meta.get("fingerprint"),
+        against=str(prepared.path),
+        fix=f"hsi train --model {CLASSIFIER} --seed {seed}",
+    )
     classifier = load_model(clf_ckpt, device)
     pca = PCA.from_arrays(clf_ckpt["pca"])
     patch = clf_ckpt["patch"]

@@ -173,7 +173,22 @@ def save_checkpoint(
         },
         **{k: _plain(v, k) for k, v in fields.items()},
     }
+    payload["provenance"]["fields_fingerprint"] = _fields_fingerprint(kind, payload)
     _save(path, payload)
+
+
+def _fields_fingerprint(kind: str, ckpt: dict) -> str:
+    """Fingerprint of what turns weights into predictions besides the weights: the model config,
+    preprocessing arrays (PCA, band ranges) and the other required fields except ``meta``."""
+    spec = KINDS[kind]
+    plain = {k: ckpt[k] for k in spec.required if k not in ("state_dict", "meta", *spec.arrays)}
+    names, arrays = [], []
+    for key in spec.arrays:
+        value = _numpy(ckpt[key])
+        for sub in sorted(value) if isinstance(value, dict) else [None]:
+            names.append(f"{key}.{sub}" if sub else key)
+            arrays.append(np.asarray(value[sub] if sub else value))
+    return fingerprint({"fields": plain, "arrays": names}, *arrays)
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
@@ -209,6 +224,12 @@ def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
             raise DataError(f"{path}: '{key}' does not hold arrays")
         ckpt[key] = _numpy(ckpt[key])
     ckpt.setdefault("provenance", {})
+    recorded = ckpt["provenance"].get("fields_fingerprint")
+    if recorded and recorded != _fields_fingerprint(kind, ckpt):
+        raise DataError(
+            f"{path}: its model config or preprocessing arrays differ from those it was saved "
+            f"with (fingerprint {recorded[:12]}); the file was altered; run `{spec.fix}` again"
+        )
     ckpt["path"] = str(path)
     return ckpt
 

@@ -1,0 +1,372 @@
+"""One test per fault a user can run into: each gets one clear line and nothing stale is used.
+
+Synthetic and fast (no ../shared); each test was checked to fail with its guard removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import cli
+from pipeline.errors import DataError
+from pipeline.io import atomic_path
+from pipeline.models import build_model
+from pipeline.params import load_params, validate
+from pipeline.provenance import check_prepared, check_provenance, fingerprint, prepared_fingerprint
+from pipeline.training.checkpoint import (
+    FORMAT_VERSION,
+    capture_rng,
+    clear_state,
+    load_checkpoint,
+    load_model,
+    load_state,
+    restore_rng,
+    resume_path,
+    save_checkpoint,
+    save_state,
+)
+
+K, P, C = 16, 11, 3
+
+
+def _classifier_ckpt(path, data_fingerprint="d" * 64, **overrides):
+    torch.manual_seed(0)
+    model = build_model("hybridsn", K, P, C)
+    fields = dict(
+        state_dict=model.state_dict(),
+        model_config=model.config,
+        pca={"mean": np.zeros(K), "components": np.eye(K), "whiten": np.array(False)},
+        patch={"size": P, "padding": "zero"},
+        class_names=["a", "b", "c"],
+        meta={"dataset": "toy"},
+        data_fingerprint=data_fingerprint,
+        params={"train": {"lr": 1e-3, "epochs": 2}, "seed": 0},
+    )
+    fields.update(overrides)
+    save_checkpoint(path, **fields)
+    return model
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_random_bytes_checkpoint_is_one_line_without_unsafe_advice(tmp_path):
+    bad = tmp_path / "random.pt"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DataError) as e:
+        load_checkpoint(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "\n" not in msg
+    assert "weights_only" not in msg and "trusted source" not in msg
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    _classifier_ckpt(good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cut\.pt: not a readable classifier checkpoint"):
+        load_checkpoint(cut)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this would run",))
+
+
+def test_code_carrying_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "x": _RunsCode()}, bad)
+    with pytest.raises(DataError, match="refused") as e:
+        load_checkpoint(bad)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_checkpoint_with_wrong_structure_names_file_and_missing_fields(tmp_path):
+    bad = tmp_path / "partial.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "class_names": ["a"]}, bad)
+    with pytest.raises(
+        DataError,
+        match=r"partial\.pt: not a classifier checkpoint: missing "
+        r"model_config, pca, patch, meta",
+    ):
+        load_checkpoint(bad)
+    torch.save([1, 2, 3], bad)
+    with pytest.raises(DataError, match=r"partial\.pt: not a classifier checkpoint \(holds a list"):
+        load_checkpoint(bad)
+
+
+def test_checkpoint_whose_weights_do_not_fit_names_them(tmp_path):
+    path = tmp_path / "m.pt"
+    model = _classifier_ckpt(path)
+    sd = model.state_dict()
+    first = next(iter(sd))
+    sd["extra.weight"] = sd.pop(first)
+    _classifier_ckpt(path, state_dict=sd)
+    ckpt = load_checkpoint(path)
+    with pytest.raises(DataError) as e:
+        load_model(ckpt)
+    msg = str(e.value)
+    assert str(path) in msg and f"missing weights {first}" in msg and "extra.weight" in msg
+
+
+def test_checkpoint_with_altered_pca_is_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    _classifier_ckpt(path)
+    raw = torch.load(path, weights_only=True)
+    raw["pca"]["mean"] += 1.0
+    torch.save(raw, path)
+    with pytest.raises(DataError, match=r"m\.pt: its model config or preprocessing arrays differ"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_records_provenance_and_loads_weights_only(tmp_path):
+    path = tmp_path / "m.pt"
+    model = _classifier_ckpt(path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == FORMAT_VERSION and raw["kind"] == "classifier"
+    prov = load_checkpoint(path)["provenance"]
+    assert prov["data_fingerprint"] == "d" * 64
+    assert prov["params_fingerprint"] == fingerprint(
+        {"train": {"lr": 1e-3, "epochs": 2}, "seed": 0}
+    )
+    again = load_model(load_checkpoint(path))
+    x = torch.randn(2, 1, K, P, P)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), again(x))
+
+
+def test_dncnn_checkpoint_is_not_taken_for_a_classifier(tmp_path):
+    from pipeline.models.dncnn import DnCNN
+
+    model = DnCNN()
+    path = tmp_path / "dn.pt"
+    save_checkpoint(
+        path,
+        kind="dncnn",
+        state_dict=model.state_dict(),
+        model_config={},
+        band_min=np.zeros(4),
+        band_max=np.ones(4),
+        noise={"sigma": 30.0},
+        split={"height": 10},
+        meta={},
+    )
+    with pytest.raises(DataError, match=r"dn\.pt: a dncnn checkpoint, not a classifier"):
+        load_checkpoint(path)
+    ckpt = load_checkpoint(path, kind="dncnn")
+    assert isinstance(ckpt["band_min"], np.ndarray)
+    assert isinstance(load_model(ckpt), DnCNN)
+
+
+# --------------------------------------------------------------------------- resume states
+
+
+def test_resume_state_round_trip_restores_every_rng(tmp_path):
+    gen, npgen = torch.Generator().manual_seed(3), np.random.default_rng(5)
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)  # noqa: NPY002
+    path = resume_path(tmp_path / "models" / "m.pt")
+    save_state(
+        path,
+        {"epoch": 4, "rng": capture_rng({"g": gen, "n": npgen}), "hist": [{"loss": 0.5}]},
+        fingerprint="fp",
+    )
+
+    def draw():
+        return (
+            torch.rand(3).tolist(),
+            np.random.rand(2).tolist(),  # noqa: NPY002
+            random.random(),
+            torch.rand(2, generator=gen).tolist(),
+            npgen.random(),
+        )
+
+    first = draw()
+    state = load_state(path, fingerprint="fp")
+    assert state["epoch"] == 4 and state["hist"] == [{"loss": 0.5}]
+    restore_rng(state["rng"], {"g": gen, "n": npgen})
+    assert draw() == first
+    clear_state(path)
+    assert load_state(path, fingerprint="fp") is None
+
+
+def test_resume_state_of_other_params_or_corrupt_starts_fresh(tmp_path, caplog):
+    path = tmp_path / "s.pt"
+    save_state(path, {"epoch": 1}, fingerprint="old")
+    with caplog.at_level(logging.WARNING):
+        assert load_state(path, fingerprint="new") is None
+    assert "starting fresh" in caplog.text and "other data or params" in caplog.text
+    path.write_bytes(b"garbage")
+    assert load_state(path, fingerprint="old") is None
+
+
+def test_resume_state_write_interrupted_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "s.pt"
+    save_state(path, {"epoch": 1}, fingerprint="fp")
+
+    def dies_half_way(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_state(path, {"epoch": 2}, fingerprint="fp")
+    monkeypatch.undo()
+    assert load_state(path, fingerprint="fp")["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
+
+
+def test_resume_state_refuses_values_weights_only_cannot_load(tmp_path):
+    with pytest.raises(TypeError, match=r"state\.obj: a object cannot be stored"):
+        save_state(tmp_path / "s.pt", {"obj": object()}, fingerprint="fp")
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_fingerprint_ignores_key_order_and_sees_array_content():
+    a = np.arange(6, dtype=np.float32)
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({}, a) != fingerprint({}, a + 1)
+    assert fingerprint({}, a) != fingerprint({}, a.astype(np.float64))
+    assert fingerprint({}, a) != fingerprint({}, a.reshape(2, 3))
+
+
+def test_provenance_mismatch_names_both_fingerprints_and_the_fix():
+    with pytest.raises(DataError) as e:
+        check_provenance("m.pt", "a" * 64, "b" * 64, against="data/prepared/x", fix="hsi train")
+    msg = str(e.value)
+    assert "a" * 12 in msg and "b" * 12 in msg and "`hsi train`" in msg and "m.pt" in msg
+    check_provenance("m.pt", "a" * 64, "a" * 64, against="x", fix="y")
+
+
+def _scene(seed=0, h=12, w=12):
+    rng = np.random.default_rng(seed)
+    cube = rng.normal(size=(h, w, K)).astype(np.float32)
+    labels = rng.integers(0, C + 1, size=(h, w)).astype(np.int64)
+    labels[0, :C] = np.arange(1, C + 1)
+    test = labels > 0
+    split = {"train": test & False, "val": test & False, "test": test, "guard": test & False}
+    pca = {"mean": np.zeros(K), "components": np.eye(K), "whiten": np.array(False)}
+    return cube, labels, split, pca
+
+
+def _write_prepared(root, name, cube, labels, split, pca, fp=None):
+    d = root / "data" / "prepared" / name
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "cube.npy", cube)
+    np.save(d / "labels.npy", labels)
+    np.savez_compressed(d / "split.npz", **split)
+    np.savez_compressed(d / "pca.npz", **pca)
+    meta = {
+        "dataset": name,
+        "class_names": ["a", "b", "c"],
+        "n_classes": C,
+        "rgb_bands": [0, 1, 2],
+        "palette": None,
+        "cube_sha256": "0" * 64,
+        "raw_bands": K,
+        "fingerprint": fp or prepared_fingerprint(cube, labels, split, pca),
+    }
+    (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_prepared_files_of_two_prepare_runs_are_refused(tmp_path):
+    cube, labels, split, pca = _scene()
+    fp = prepared_fingerprint(cube, labels, split, pca)
+    meta = {"fingerprint": fp}
+    assert check_prepared("p", meta, cube, labels, split, pca) == fp
+    other = dict(split, test=~split["test"])
+    with pytest.raises(DataError, match="files of different or interrupted `hsi prepare` runs"):
+        check_prepared("p", meta, cube, labels, other, pca)
+
+
+def _params(tmp_path, **train):
+    p = validate(
+        {
+            "dataset": {"name": "indian_pines"},
+            "train": {"device": "cpu", **train},
+            "patch": {"size": P},
+            "tracking": {"enabled": False},
+        }
+    )
+    path = tmp_path / "params.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(p))
+    return p, path
+
+
+def test_evaluate_refuses_a_checkpoint_trained_on_other_prepared_data(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    _, params_path = _params(tmp_path)
+    cube, labels, split, pca = _scene()
+    d = _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    ckpt = tmp_path / "models" / "indian_pines" / "hybridsn-seed0.pt"
+    stale = "e" * 64  # the checkpoint was trained before a re-`prepare`
+    _classifier_ckpt(ckpt, data_fingerprint=stale)
+    code = cli.main(
+        ["--params", str(params_path), "evaluate", "--model", "hybridsn", "--seed", "0"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    line = err[-1]
+    assert line.startswith("hsi evaluate: error:") and stale[:12] in line
+    assert json.loads((d / "meta.json").read_text())["fingerprint"][:12] in line
+    assert "hsi train --model hybridsn --seed 0" in line
+    assert not (tmp_path / "reports").exists()  # nothing written, no stale metrics
+
+
+def test_evaluate_accepts_its_own_prepared_data(tmp_path, monkeypatch):
+    from pipeline.stages import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    params, _ = _params(tmp_path)
+    cube, labels, split, pca = _scene()
+    _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    fp = prepared_fingerprint(cube, labels, split, pca)
+    _classifier_ckpt(
+        tmp_path / "models" / "indian_pines" / "hybridsn-seed0.pt", data_fingerprint=fp
+    )
+    metrics = evaluate.run(params, "hybridsn", 0)
+    assert 0 <= metrics["oa"] <= 1
+    out = tmp_path / "reports" / "indian_pines" / "hybridsn-seed0"
+    assert (
+        json.loads((out / "classification_report.json").read_text())["provenance"][
+            "data_fingerprint"
+        ]
+        == fp
+    )
+
+
+# --------------------------------------------------------------------------- params
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    p = load_params(path)
+    assert p["train"]["lr"] == 0.001 and isinstance(p["train"]["lr"], float)
+    assert p["train"]["weight_decay"] == 0.0005
+    path.write_text("train:\n  epochs: 1e3\n")
+    with pytest.raises(Exception, match="'train.epochs' = '1e3' must be an integer"):
+        load_params(path)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
