@@ -11,6 +11,7 @@ from pipeline.evaluation.figures import class_palette, label_to_rgb, save_map_pa
 from pipeline.evaluation.metrics import mcnemar, mean_std
 from pipeline.io import write_json, write_text
 from pipeline.params import flatten
+from pipeline.provenance import check_recorded
 from pipeline.stages.common import load_prepared, prediction_path, report_dir, run_name
 from pipeline.tracking import start_run
 
@@ -74,6 +75,12 @@ def run(params: dict) -> dict:
         runs = []
         for s in seeds:
             d = report_dir(params, m, s)
+            check_recorded(
+                d / "classification_report.json",
+                data.meta.get("fingerprint"),
+                against=str(data.path),
+                fix=f"hsi evaluate --model {m} --seed {s}",
+            )
             metrics = json.loads((d / "metrics.json").read_text())
             train = json.loads((d / "train.json").read_text())
             preds[(m, s)] = np.load(prediction_path(params, m, s))
