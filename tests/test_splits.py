@@ -7,12 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
+import tifffile
 
 from pipeline.data.splits import (
+    GUARDS,
     MODES,
     Split,
+    guard_radius,
+    leakage_figures,
     leakage_share,
     make_split,
+    split_from_params,
     split_summary,
     splittable_classes,
 )
@@ -58,19 +64,23 @@ def ip_gt() -> np.ndarray:
     return np.load(Path(root) / "datasets" / "data" / "Indian_pines_gt.npy").astype(np.int64)
 
 
-@pytest.fixture(scope="module")
-def ip_disjoint(ip_gt) -> Split:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return make_split(ip_gt, "disjoint", seed=0, patch_size=25)
+def fixed_train_mask(labels: np.ndarray) -> np.ndarray:
+    """Every fourth column of labelled pixels: each synthetic class gets train and test."""
+    mask = np.zeros(labels.shape, dtype=bool)
+    mask[:, ::4] = True
+    return mask & (labels > 0)
 
 
-def split_kwargs(mode):
-    return {"patch_size": 7, "tile_size": 10} if mode == "disjoint" else {}
+def split_kwargs(mode, labels=None):
+    if mode == "disjoint":
+        return {"patch_size": 7, "tile_size": 10}
+    if mode == "fixed":
+        return {"fixed_train": fixed_train_mask(synthetic_labels() if labels is None else labels)}
+    return {}
 
 
 def assert_valid(labels: np.ndarray, split: Split) -> None:
-    masks = [split.train, split.val, split.test, split.guard]
+    masks = [split.train, split.val, split.test, split.guard, split.excluded]
     for m in masks:
         assert m.dtype == bool and m.shape == labels.shape
         assert not (m & (labels == 0)).any()
@@ -101,6 +111,7 @@ def test_masks_are_disjoint_and_cover_labelled_pixels(mode):
         assert (split.test & in_c).any(), f"class {c} has no test pixel"
     if mode != "disjoint":
         assert not split.guard.any()
+    assert split.not_scored == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -111,7 +122,7 @@ def test_same_seed_same_split_and_different_seed_different_split(mode):
     c = make_split(labels, mode, seed=2, **kw)
     for name in ("train", "val", "test", "guard"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    assert not np.array_equal(a.train_pool, c.train_pool)
+    assert not np.array_equal(a.train, c.train)
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.5, 0.77])
@@ -179,7 +190,7 @@ def test_per_class_count_and_floor_rule():
         make_split(labels, "per_class", per_class_count=40, min_per_class=5)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["random", "per_class", "fixed"])
 def test_val_is_carved_from_the_pool(mode):
     labels = synthetic_labels()
     kw = split_kwargs(mode)
@@ -191,41 +202,74 @@ def test_val_is_carved_from_the_pool(mode):
     assert with_val.val.any()
     for c in range(1, 6):
         assert (with_val.train & (labels == c)).any()
-    if mode != "disjoint":
-        share = with_val.val.sum() / with_val.train_pool.sum()
-        assert abs(share - 0.25) < 0.01
-        for c in range(1, 6):
-            pool_c = (with_val.train_pool & (labels == c)).sum()
-            assert abs((with_val.val & (labels == c)).sum() - 0.25 * pool_c) <= 1
+    share = with_val.val.sum() / with_val.train_pool.sum()
+    assert abs(share - 0.25) < 0.01
+    for c in range(1, 6):
+        pool_c = (with_val.train_pool & (labels == c)).sum()
+        assert abs((with_val.val & (labels == c)).sum() - 0.25 * pool_c) <= 1
 
 
-def test_disjoint_synthetic_guard_band_by_brute_force():
+def assert_guarded(split: Split, labels: np.ndarray, r: int) -> None:
+    """Brute force: no val or test pixel within r of a training pixel; every guard pixel is."""
+    near = brute_force_near(split.train, r)
+    assert not (near & split.test).any(), "a test pixel lies within the guard radius"
+    assert not (near & split.val).any(), "a validation pixel lies within the guard radius"
+    assert (near[split.guard]).all(), "guard holds a pixel no training pixel reaches"
+    for c in np.unique(labels[labels > 0]):
+        has_train = (split.train & (labels == c)).any()
+        assert has_train or not ((split.test | split.val) & (labels == c)).any()
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+def test_disjoint_synthetic_guard_band_by_brute_force(guard):
     labels = synthetic_labels()
     p = 7
-    split = make_split(labels, "disjoint", seed=0, patch_size=p, tile_size=12)
-    assert split.tile_size == 12
-    near = brute_force_near(split.train_pool, p // 2)
-    assert not (near & split.test).any()
-    assert (near[split.guard]).all(), "guard holds a pixel no training window reaches"
-    assert leakage_share(split.train_pool, split.test, p) == 0.0
+    split = make_split(labels, "disjoint", seed=0, patch_size=p, tile_size=12, guard=guard)
+    assert split.tile_size == 12 and split.guard_mode == guard
+    assert_valid(labels, split)
+    r = guard_radius(guard, p)
+    assert r == {"centre": 3, "window": 6}[guard]
+    assert_guarded(split, labels, r)
+    assert split.val.any() and split.test.any()
+    for c in range(1, 6):
+        for name in ("train", "val", "test"):
+            assert (getattr(split, name) & (labels == c)).any(), f"class {c}: no {name} pixel"
+    assert leakage_share(split.train, split.test, p, guard) == 0.0
+    assert leakage_share(split.train, split.val, p, guard) == 0.0
 
 
-def test_disjoint_indian_pines_is_leak_free(ip_gt, ip_disjoint):
-    split = ip_disjoint
+def test_disjoint_val_split_keeps_the_fraction_targets():
+    labels = synthetic_labels(96, 96)
+    split = make_split(labels, "disjoint", seed=0, patch_size=5, tile_size=8, val_fraction=0.25)
+    n_train, n_val, n_test = (int(getattr(split, k).sum()) for k in ("train", "val", "test"))
+    assert abs((n_train + n_val) / (n_train + n_val + n_test) - 0.3) < 0.1
+    assert abs(n_val / (n_train + n_val) - 0.25) < 0.12
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+def test_disjoint_indian_pines_is_leak_free(ip_gt, guard):
+    """The acceptance check: 0 test and 0 val pixels reached; no class scored unseen."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        split = make_split(ip_gt, "disjoint", seed=0, patch_size=25, guard=guard)
     assert_valid(ip_gt, split)
-    assert leakage_share(split.train_pool, split.test, 25) == 0.0
-    pool_px = np.argwhere(split.train_pool)
-    for y, x in np.argwhere(split.test):
-        assert np.abs(pool_px - (y, x)).max(axis=1).min() > 12
-    near = brute_force_near(split.train_pool, 12)
-    assert (near[split.guard]).all()
+    r = guard_radius(guard, 25)
+    leak = leakage_figures(split, 25)[guard]
+    assert leak["train_to_test_pixels"] == 0 and leak["train_to_val_pixels"] == 0
+    train_px = np.argwhere(split.train)
+    for y, x in np.argwhere(split.test | split.val):
+        assert np.abs(train_px - (y, x)).max(axis=1).min() > r
+    assert (brute_force_near(split.train, r)[split.guard]).all()
     assert split.val.any() and split.test.sum() > 1000
-    ok = splittable_classes(ip_gt, 25)
-    assert [c for c, v in ok.items() if not v] == [1, 7, 9]
-    for c, v in ok.items():
-        if v:
-            assert (split.train & (ip_gt == c)).any(), f"class {c} has no training pixel"
-            assert (split.test & (ip_gt == c)).any(), f"class {c} has no test pixel"
+    ok = splittable_classes(ip_gt, 25, guard)
+    unsplittable = [c for c, v in ok.items() if not v]
+    assert unsplittable == {"centre": [1, 7, 9], "window": [1, 4, 7, 9, 16]}[guard]
+    assert set(unsplittable) <= set(split.not_scored)
+    for c in range(1, 17):
+        in_test = (split.test & (ip_gt == c)).any()
+        assert in_test == (c not in split.not_scored), f"class {c}"
+        if in_test:
+            assert (split.train & (ip_gt == c)).any(), f"class {c} scored without training"
 
 
 def test_disjoint_warns_about_unsplittable_classes(ip_gt):
@@ -233,10 +277,26 @@ def test_disjoint_warns_about_unsplittable_classes(ip_gt):
         make_split(ip_gt, "disjoint", seed=1, patch_size=25)
 
 
-def test_disjoint_names_a_class_it_cannot_split():
+def test_unsplittable_class_is_not_scored_and_named():
     labels = synthetic_labels()
-    with pytest.raises(DataError, match=r"class\(es\) \[[1-5](, [1-5])*\].*tile_size=200"):
-        make_split(labels, "disjoint", patch_size=7, tile_size=200)
+    labels[labels == 5] = 0
+    labels[40:42, 60:62] = 5  # a 2 x 2 field: no guard band can separate train from test
+    with pytest.warns(UserWarning, match=r"\[5\]"):
+        split = make_split(labels, "disjoint", seed=0, patch_size=7, tile_size=10)
+    assert_valid(labels, split)
+    assert split.not_scored == [5]
+    assert not ((split.test | split.val) & (labels == 5)).any()
+    summary = split_summary(labels, split, 7, class_names=list("abcde"))
+    assert summary["not_scored"] == [{"label": 5, "name": "e"}]
+    assert summary["not_scored_note"].startswith("not scored: 5 (e)")
+    assert [r["scored"] for r in summary["per_class"]] == [True] * 4 + [False]
+
+
+def test_disjoint_with_nothing_to_score_is_an_error():
+    labels = np.zeros((12, 12), dtype=np.int64)
+    labels[:2, :2], labels[8:10, 8:10] = 1, 2  # both classes narrower than the guard radius
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"nothing could be scored"):
+        make_split(labels, "disjoint", patch_size=7, tile_size=4)
 
 
 def test_leakage_share_matches_brute_force_at_borders():
@@ -264,6 +324,8 @@ def test_split_summary_is_json_ready_and_consistent():
     for row in summary["per_class"]:
         assert row["total"] == row["train"] + row["val"] + row["test"] + row["guard"]
     assert summary["leakage_share"] == 0.0 and summary["leakage_percent"] == 0.0
+    assert summary["leakage"]["centre"]["train_to_val_pixels"] == 0
+    assert summary["guard"] == "centre" and summary["not_scored"] == []
     assert summary["mode"] == "disjoint" and summary["seed"] == 2 and summary["patch_size"] == 7
     random = split_summary(labels, make_split(labels, "random"), 7, class_names={1: "x"})
     assert random["per_class"][0]["name"] == "x" and random["per_class"][1]["name"] == "class_2"
@@ -286,6 +348,7 @@ def test_split_summary_is_json_ready_and_consistent():
         ({"min_per_class": 0}, "min_per_class"),
         ({"tile_size": 0}, "tile_size"),
         ({"seed": -1}, "seed"),
+        ({"guard": "edge"}, "guard"),
     ],
 )
 def test_bad_arguments_raise_params_error_naming_them(kwargs, name):
@@ -303,3 +366,121 @@ def test_bad_labels_raise_data_error():
         make_split(np.ones((4, 4)), "random")
     with pytest.raises(ParamsError, match="patch_size"):
         leakage_share(np.zeros((3, 3), bool), np.zeros((3, 3), bool), 4)
+
+
+def test_leakage_figures_match_brute_force_for_both_definitions():
+    rng = np.random.default_rng(3)
+    train = rng.random((30, 41)) < 0.01
+    train[0, 0] = True
+    test = ~train & (rng.random(train.shape) < 0.3)
+    val = ~train & ~test & (rng.random(train.shape) < 0.3)
+    split = Split(train, val, test, np.zeros_like(train))
+    figures = leakage_figures(split, 5)
+    for guard, r in (("centre", 2), ("window", 4)):
+        near = brute_force_near(train, r)
+        row = figures[guard]
+        assert row["radius"] == r
+        assert row["train_to_test_pixels"] == int((near & test).sum())
+        assert row["train_to_val_pixels"] == int((near & val).sum())
+        assert row["train_to_test_share"] == pytest.approx((near & test).sum() / test.sum())
+        assert leakage_share(train, test, 5, guard) == pytest.approx(row["train_to_test_share"])
+    assert figures["window"]["train_to_test_pixels"] > figures["centre"]["train_to_test_pixels"]
+
+
+def _write(path: Path, arr: np.ndarray) -> Path:
+    if path.suffix == ".npy":
+        np.save(path, arr)
+    elif path.suffix == ".mat":
+        scipy.io.savemat(path, {"TRmask": arr})
+    else:
+        tifffile.imwrite(path, arr)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".mat", ".tif"])
+@pytest.mark.parametrize("form", ["mask", "label_map"])
+def test_fixed_split_from_files(tmp_path, suffix, form):
+    labels = synthetic_labels()
+    member = fixed_train_mask(labels)
+    arr = member.astype(np.uint8) if form == "mask" else np.where(member, labels, 0)
+    if form == "label_map":
+        arr = arr.astype(np.uint16)
+    path = _write(tmp_path / f"train{suffix}", arr)
+    split = make_split(labels, "fixed", seed=0, fixed_train=path, val_fraction=0.2)
+    assert_valid(labels, split)
+    np.testing.assert_array_equal(split.train_pool, member)
+    np.testing.assert_array_equal(split.test, (labels > 0) & ~member)
+    assert abs(split.val.sum() / member.sum() - 0.2) < 0.01
+    assert split.mode == "fixed" and split.not_scored == []
+
+
+def test_fixed_split_with_test_file_and_unused_pixels(tmp_path):
+    labels = synthetic_labels()
+    train = fixed_train_mask(labels)
+    test = np.zeros_like(train)
+    test[:, 1::4] = True
+    test &= labels > 0
+    tr, te = _write(tmp_path / "tr.npy", train), _write(tmp_path / "te.tif", test)
+    params = {
+        "mode": "fixed",
+        "seed": 0,
+        "train_fraction": 0.3,
+        "per_class_count": 50,
+        "min_per_class": 5,
+        "val_fraction": 0.0,
+        "tile_size": None,
+        "guard": "centre",
+        "fixed": {"train": str(tr), "test": str(te)},
+    }
+    split = split_from_params(labels, params, 7)
+    assert_valid(labels, split)
+    np.testing.assert_array_equal(split.test, test)
+    np.testing.assert_array_equal(split.excluded, (labels > 0) & ~train & ~test)
+    summary = split_summary(labels, split, 7)
+    assert summary["leakage"]["centre"]["train_to_test_share"] == 1.0
+
+
+def test_fixed_class_without_training_pixels_is_not_scored():
+    labels = synthetic_labels()
+    train = fixed_train_mask(labels) & (labels != 5)
+    split = make_split(labels, "fixed", fixed_train=train)
+    assert split.not_scored == [5]
+    assert not (split.test & (labels == 5)).any()
+    assert (split.excluded == (labels == 5)).all()
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ("shape", r"train.npy: training mask has shape \(64, 71\).*\(64, 72\)"),
+        ("empty", r"train.npy: training mask selects no pixel"),
+        ("unlabelled", r"train.npy: training mask selects 1 unlabelled pixel"),
+        ("relabel", r"train.npy: .*disagree with the ground truth on 3 of .*number classes"),
+        ("overlap", r"test.npy: the test mask overlaps the training mask .*on 2 pixel"),
+    ],
+)
+def test_fixed_split_errors_name_file_and_problem(tmp_path, edit, match):
+    labels = synthetic_labels()
+    train = np.where(fixed_train_mask(labels), labels, 0)
+    test = None
+    if edit == "shape":
+        train = train[:, :-1]
+    elif edit == "empty":
+        train = np.zeros_like(train)
+    elif edit == "unlabelled":
+        y, x = np.argwhere(labels == 0)[0]
+        train[y, x] = 1
+    elif edit == "relabel":
+        train[tuple(np.argwhere(train == 2)[:3].T)] = 3
+    elif edit == "overlap":
+        t = (labels > 0) & (train == 0)
+        t[tuple(np.argwhere(train > 0)[:2].T)] = True
+        test = _write(tmp_path / "test.npy", t)
+    path = _write(tmp_path / "train.npy", train)
+    with pytest.raises(DataError, match=match):
+        make_split(labels, "fixed", fixed_train=path, fixed_test=test)
+
+
+def test_fixed_split_needs_a_training_file():
+    with pytest.raises(ParamsError, match="split.fixed.train"):
+        make_split(synthetic_labels(), "fixed")

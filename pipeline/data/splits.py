@@ -2,8 +2,11 @@
 
 Patch models see a P x P window around each training pixel, so under a random pixel split
 nearly every test pixel sits inside some training window (HybridSN's 30 % split on Indian
-Pines: about 100 %). ``disjoint`` mode assigns whole tiles to train or test and drops a guard
-band so that no training window reaches a test pixel. All masks are boolean (H, W) arrays.
+Pines: about 100 %). ``disjoint`` mode assigns whole tiles to train, validation or test and drops
+a guard band so that no training window reaches a validation or test pixel (``guard: centre``)
+or shares a pixel with their windows (``guard: window``). ``fixed`` mode reads a published split
+from mask files. A class left without training or test pixels is never scored: its test pixels
+move to ``excluded`` and it is listed in ``Split.not_scored``. All masks are boolean (H, W).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,33 +23,57 @@ from scipy import ndimage
 
 from pipeline.errors import DataError, ParamsError
 
-MODES = ("random", "per_class", "disjoint")
+MODES = ("random", "per_class", "disjoint", "fixed")
+GUARDS = ("centre", "window")
 
 _PENALTY = 1e3
 _RESTARTS = 4
 _OFFSETS = 8
 _MAX_OFFSETS = 64
 _GUARD_WEIGHT = 0.1
+_MASK_SUFFIXES_TIFF = (".tif", ".tiff")
 
 
 @dataclass
 class Split:
-    """Pairwise disjoint boolean (H, W) masks over labelled pixels, and how they were made.
+    """Pairwise disjoint boolean (H, W) masks covering the labelled pixels, and how they were made.
 
-    ``train | val`` is the training pool; ``guard`` is non-empty only in disjoint mode.
+    ``train | val`` is the training pool; ``guard`` (disjoint mode) holds pixels dropped because a
+    training window reaches them; ``excluded`` holds the other labelled pixels no set uses: the
+    validation and test pixels of the classes in ``not_scored`` (no training or no test pixels),
+    which no metric may score, and in fixed mode the pixels in neither mask.
     """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     guard: np.ndarray
+    excluded: np.ndarray | None = None
     mode: str = ""
     seed: int | None = None
     tile_size: int | None = None
+    guard_mode: str = "centre"
+    not_scored: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.excluded is None:
+            self.excluded = np.zeros_like(self.train)
 
     @property
     def train_pool(self) -> np.ndarray:
         return self.train | self.val
+
+
+def guard_radius(guard: str, patch_size: int) -> int:
+    """Chebyshev distance within which a pixel counts as reached by a training pixel.
+
+    ``centre``: P // 2, the pixel lies inside some training patch. ``window``: P - 1, its own
+    P x P patch shares at least one pixel with some training patch.
+    """
+    if guard not in GUARDS:
+        raise ParamsError(f"guard must be one of {GUARDS}, got {guard!r}")
+    p = _check_patch_size(patch_size)
+    return p // 2 if guard == "centre" else p - 1
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -194,52 +222,13 @@ def _per_class_sizes(classes, members, count, min_per_class) -> np.ndarray:
     return np.array(sizes, dtype=np.int64)
 
 
-def _objective(train: np.ndarray, total: np.ndarray, f: float, need_in, need_out) -> np.ndarray:
-    """Mean squared deviation of per-class shares from ``f``, plus overall share and penalties.
-
-    ``train`` is (..., C); ``need_in``/``need_out`` flag classes that must have at least one
-    pixel selected / left unselected.
-    """
-    share = train / total
-    overall = train.sum(-1) / total.sum()
-    missing = (need_in & (train == 0)).sum(-1) + (need_out & (train == total)).sum(-1)
-    return ((share - f) ** 2).mean(-1) + (overall - f) ** 2 + _PENALTY * missing
-
-
-def _search_tiles(counts, f, rng, need_in, need_out, restarts) -> list[tuple[float, np.ndarray]]:
-    """Distinct local optima ``(score, selected)`` of tile selections whose shares approach ``f``.
-
-    Each restart draws tiles with probability ``f`` and flips single tiles by steepest
-    descent on :func:`_objective`; ``counts`` is the (T, C) tile-by-class pixel count matrix.
-    """
-    total = counts.sum(0).astype(float)
-    keep = total > 0
-    counts, total = counts[:, keep].astype(float), total[keep]
-    need_in, need_out = need_in[keep], need_out[keep]
-    found: dict[bytes, tuple[float, np.ndarray]] = {}
-    for _ in range(restarts):
-        x = rng.random(len(counts)) < f
-        train = counts[x].sum(0)
-        score = float(_objective(train, total, f, need_in, need_out))
-        while True:
-            sign = np.where(x, -1.0, 1.0)[:, None]
-            cand = _objective(train + sign * counts, total, f, need_in, need_out)
-            best = int(np.argmin(cand))
-            if cand[best] >= score - 1e-12:
-                break
-            x[best] = ~x[best]
-            train = train + sign[best] * counts[best]
-            score = float(cand[best])
-        found.setdefault(x.tobytes(), (score, x.copy()))
-    return sorted(found.values(), key=lambda item: item[0])
-
-
 def default_tile_size(shape: tuple[int, int], patch_size: int) -> int:
     """Default tile side for ``disjoint`` mode: ``max(patch_size // 2 + 1, min(H, W) // 10)``.
 
     About ten tiles per short side lets the search balance class shares and keep the guard
-    band short; a tile wider than the guard band stays meaningful. Indian Pines (145 x 145)
-    with P = 25 gets 14-pixel tiles.
+    band short; a tile wider than the centre guard band stays meaningful. Indian Pines
+    (145 x 145) with P = 25 gets 14-pixel tiles (with both guards: 25-pixel tiles left class 8
+    or 13 without test pixels under the ``window`` guard on seeds 0 and 1).
     """
     return max(patch_size // 2 + 1, min(shape) // 10)
 
@@ -250,15 +239,16 @@ def dilate_square(mask: np.ndarray, patch_size: int) -> np.ndarray:
     return ndimage.maximum_filter(m, size=patch_size, mode="constant", cval=0).astype(bool)
 
 
-def splittable_classes(labels: np.ndarray, patch_size: int) -> dict[int, bool]:
-    """Whether each class can have training and test pixels with no test pixel in a window.
+def splittable_classes(
+    labels: np.ndarray, patch_size: int, guard: str = "centre"
+) -> dict[int, bool]:
+    """Whether each class can have training and test pixels farther apart than the guard radius.
 
-    That needs two pixels of the class more than ``patch_size // 2`` apart (Chebyshev), i.e. a
-    bounding box longer than that on some side; Indian Pines with P = 25 fails for classes
-    1, 7 and 9.
+    That needs two pixels of the class more than r apart (Chebyshev), i.e. a bounding box
+    longer than r on some side; Indian Pines with P = 25 fails for classes 1, 7 and 9.
     """
     labels = _check_labels(labels)
-    r = _check_patch_size(patch_size) // 2
+    r = guard_radius(guard, patch_size)
     out = {}
     for c in np.unique(labels[labels > 0]):
         rows, cols = np.nonzero(labels == c)
@@ -274,11 +264,13 @@ class _TileModel:
     labelled pixel of a test tile is test if ``cover == 0``, else guard. Pixels sharing tile,
     class and set of reaching tiles behave alike, so the search works on such groups (about
     15x fewer than pixels on Indian Pines) and scores every single-tile flip with two bincounts.
+    With r = 0 a tile reaches only its own pixels: a plain selection of tiles, no guard band.
     """
 
     def __init__(self, labels, cls_index, n_cls, tile, offset, r):
         h, w = labels.shape
         rr, cc = np.nonzero(labels > 0)
+        self.rr, self.cc = rr, cc
         nx = (w - 1 + offset[1]) // tile + 1
         raw = ((rr + offset[0]) // tile) * nx + (cc + offset[1]) // tile
         _, tile_of = np.unique(raw, return_inverse=True)
@@ -358,18 +350,18 @@ class _TileModel:
         return new_pool, new_test
 
 
-def _disjoint_objective(pool, test, total, f, need, guard_weight):
-    """Score of (..., C) pool and test counts: lower is better.
+def _objective(sel, rest, total, f, need_in, need_out, guard_weight):
+    """Score of (..., C) selected and remaining (kept) counts: lower is better.
 
-    Squared deviation of per-class (mean) and overall shares pool / (pool + test) from ``f``,
-    ``guard_weight`` x the share of labelled pixels lost to the guard band, and a penalty per
-    class in ``need`` without pool or test pixels.
+    Squared deviation of per-class (mean) and overall shares sel / (sel + rest) from ``f``,
+    ``guard_weight`` x the share of pixels lost to the guard band, and ``_PENALTY`` x the
+    weights ``need_in`` / ``need_out`` of classes left with no selected / no remaining pixel.
     """
-    kept = pool + test
-    share = np.where(kept > 0, pool / np.maximum(kept, 1), 0.0)
-    overall = pool.sum(-1) / np.maximum(kept.sum(-1), 1)
+    kept = sel + rest
+    share = np.where(kept > 0, sel / np.maximum(kept, 1), 0.0)
+    overall = sel.sum(-1) / np.maximum(kept.sum(-1), 1)
     lost = 1.0 - kept.sum(-1) / total.sum()
-    missing = (need & ((pool == 0) | (test == 0))).sum(-1)
+    missing = (need_in * (sel == 0)).sum(-1) + (need_out * (rest == 0)).sum(-1)
     return (
         ((share - f) ** 2).mean(-1)
         + (overall - f) ** 2
@@ -378,21 +370,26 @@ def _disjoint_objective(pool, test, total, f, need, guard_weight):
     )
 
 
-def _search_disjoint(model, f, need, rng, restarts):
-    """Best ``(score, pool tiles)`` over random restarts of steepest-descent tile flips."""
+def _search(model: _TileModel, f, need_in, need_out, rng, restarts=_RESTARTS):
+    """Best ``(score, selected tiles)`` over random restarts of steepest-descent tile flips.
+
+    The one tile-assignment search: used for training tiles (with the guard band) and for
+    validation tiles among the held-out pixels (``model`` built with r = 0).
+    """
     total = model.counts.sum(0).astype(float)
+    weight = _GUARD_WEIGHT
     best = None
     for _ in range(restarts):
         x = rng.random(model.n_tiles) < f
-        pool, test, cover = model.state(x)
-        score = float(_disjoint_objective(pool, test, total, f, need, _GUARD_WEIGHT))
+        sel, rest, cover = model.state(x)
+        score = float(_objective(sel, rest, total, f, need_in, need_out, weight))
         while True:
-            new_pool, new_test = model.flips(x, pool, test, cover)
-            cand = _disjoint_objective(new_pool, new_test, total, f, need, _GUARD_WEIGHT)
+            new_sel, new_rest = model.flips(x, sel, rest, cover)
+            cand = _objective(new_sel, new_rest, total, f, need_in, need_out, weight)
             i = int(np.argmin(cand))
             if cand[i] >= score - 1e-12:
                 break
-            pool, test = new_pool[i], new_test[i]
+            sel, rest = new_sel[i], new_rest[i]
             model.flip(x, cover, i)
             score = float(cand[i])
         if best is None or score < best[0]:
@@ -400,60 +397,187 @@ def _search_disjoint(model, f, need, rng, restarts):
     return best
 
 
-def _disjoint_split(labels, classes, patch_size, train_fraction, val_fraction, tile, rng):
-    h, w = labels.shape
-    labelled = labels > 0
+def _assign(labels, classes, tile, offset, r, f_train, f_val, need, rng):
+    """Train tiles with a guard band of radius r, then val tiles among the held-out pixels.
+
+    Returns ``(score, train, held, val)`` boolean (H, W) masks: ``held`` are the labelled pixels
+    outside the training tiles and farther than r from every training pixel; ``val`` is part of
+    ``held``. A class missing its test share costs twice a class missing validation pixels.
+    """
     n_cls = len(classes)
-    r = patch_size // 2
+    labelled = labels > 0
     cls_index = np.searchsorted(classes, labels[labelled])
-    ok = splittable_classes(labels, patch_size)
+    model = _TileModel(labels, cls_index, n_cls, tile, offset, r)
+    need_f = need.astype(float)
+    score, x = _search(model, f_train, need_f, need_f, rng)
+    train = np.zeros(labels.shape, dtype=bool)
+    train[labelled] = x[model.pixel_tile]
+    held = labelled & ~train & ~dilate_square(train, 2 * r + 1)
+    val = np.zeros(labels.shape, dtype=bool)
+    if f_val > 0 and held.any():
+        held_labels = np.where(held, labels, 0)
+        held_n = np.bincount(np.searchsorted(classes, labels[held]), minlength=n_cls)
+        sub_cls = np.searchsorted(classes, held_labels[held_labels > 0])
+        sub = _TileModel(held_labels, sub_cls, n_cls, tile, offset, 0)
+        need_val = (need & (held_n >= 2)).astype(float)
+        need_test = 2.0 * (need & (held_n >= 1))
+        s2, y = _search(sub, f_val, need_val, need_test, rng)
+        score += s2
+        val[sub.rr, sub.cc] = y[sub.pixel_tile]
+    return score, train, held, val
+
+
+def _disjoint_split(labels, classes, patch_size, train_fraction, val_fraction, tile, guard, rng):
+    r = guard_radius(guard, patch_size)
+    ok = splittable_classes(labels, patch_size, guard)
     need = np.array([ok[int(c)] for c in classes])
     if not need.all():
         warnings.warn(
-            f"classes {[int(c) for c in classes[~need]]} span no more than patch_size // 2 = "
-            f"{r} pixels, so no leak-free split gives them both training and test pixels",
+            f"classes {[int(c) for c in classes[~need]]} span no more than the {guard} guard "
+            f"radius {r} pixels, so no guarded split gives them both training and test pixels: "
+            "they are not scored",
             UserWarning,
             stacklevel=3,
         )
+    f_train = train_fraction * (1.0 - val_fraction)
+    held_val = train_fraction * val_fraction
+    f_val = held_val / (held_val + 1.0 - train_fraction)
     best = None
     for attempt in range(_MAX_OFFSETS):
         if attempt >= _OFFSETS and best[0] < _PENALTY:
             break
         offset = tuple(int(v) for v in rng.integers(0, tile, size=2))
-        model = _TileModel(labels, cls_index, n_cls, tile, offset, r)
-        score, x = _search_disjoint(model, train_fraction, need, rng, _RESTARTS)
-        if best is None or score < best[0]:
-            best = (score, model, x)
-    _, model, x = best
-
-    pool = np.zeros((h, w), dtype=bool)
-    pool[labelled] = x[model.pixel_tile]
-    test_area = labelled & ~pool
-    near = dilate_square(pool, patch_size)
-    guard, test = test_area & near, test_area & ~near
-    n_pool = np.bincount(cls_index[pool[labelled]], minlength=n_cls)
-    n_test = np.bincount(cls_index[test[labelled]], minlength=n_cls)
-    lacking = need & ((n_pool == 0) | (n_test == 0))
-    if lacking.any():
-        raise DataError(
-            f"disjoint mode found no tile assignment giving class(es) "
-            f"{[int(c) for c in classes[lacking]]} both training pixels and (after the "
-            f"{r}-pixel guard band) test pixels with tile_size={tile}; try a smaller "
-            "tile_size or another seed"
+        found = _assign(labels, classes, tile, offset, r, f_train, f_val, need, rng)
+        if best is None or found[0] < best[0]:
+            best = found
+    _, train, held, val = best
+    test = held & ~val
+    guard_mask = (labels > 0) & ~train & ~held
+    lacking = [
+        int(c)
+        for c, n in zip(classes, need, strict=True)
+        if n and not ((train & (labels == c)).any() and (test & (labels == c)).any())
+    ]
+    if lacking:
+        warnings.warn(
+            f"disjoint mode found no tile assignment giving class(es) {lacking} both training "
+            f"pixels and (after the {r}-pixel {guard} guard band) test pixels with "
+            f"tile_size={tile}: they are not scored; a smaller tile_size or another seed may help",
+            UserWarning,
+            stacklevel=3,
         )
+    no_val = [
+        int(c) for c, n in zip(classes, need, strict=True) if n and not (val & (labels == c)).any()
+    ]
+    if val_fraction > 0 and no_val:
+        warnings.warn(
+            f"classes {no_val} get no validation pixels in this disjoint split", stacklevel=3
+        )
+    return Split(train, val, test, guard_mask)
 
-    val = np.zeros((h, w), dtype=bool)
+
+def read_mask_file(path: str | Path) -> np.ndarray:
+    """The 2-D array in a .npy, .mat (key auto-detected as for scenes) or GeoTIFF file."""
+    from pipeline.data.loaders import load_array
+
+    path = Path(path)
+    if path.suffix.lower() not in _MASK_SUFFIXES_TIFF:
+        return load_array(path, ndim=2)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    import tifffile
+
+    try:
+        arr = np.asarray(tifffile.imread(path))
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise DataError(f"{path}: cannot read GeoTIFF: {e}") from e
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a single-band 2-D raster, got shape {arr.shape}")
+    return arr
+
+
+def _fixed_member(source, labels: np.ndarray, name: str) -> np.ndarray:
+    """Pixels a fixed-split mask or label map selects, checked against the ground truth."""
+    where = str(source) if isinstance(source, (str, Path)) else name
+    arr = read_mask_file(source) if isinstance(source, (str, Path)) else np.asarray(source)
+    if arr.shape != labels.shape:
+        raise DataError(
+            f"{where}: {name} has shape {arr.shape}, the scene's ground truth (after "
+            f"dataset.crop) has {labels.shape}"
+        )
+    if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        raise DataError(f"{where}: {name} must hold finite numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise DataError(f"{where}: {name} has non-integral values; expected a mask or label map")
+    member = arr != 0
+    if not member.any():
+        raise DataError(f"{where}: {name} selects no pixel (all zero)")
+    unlabelled = int((member & (labels == 0)).sum())
+    if unlabelled:
+        raise DataError(
+            f"{where}: {name} selects {unlabelled} unlabelled pixel(s) (ground truth 0)"
+        )
+    values = np.unique(arr[member])
+    if not np.array_equal(values, [1]) and arr.dtype.kind != "b":
+        disagree = int((member & (arr != labels)).sum())
+        if disagree:
+            raise DataError(
+                f"{where}: {name} is a label map whose labels disagree with the ground truth on "
+                f"{disagree} of {int(member.sum())} pixels (official split maps sometimes number "
+                "classes differently: renumber it, or pass a 0/1 mask)"
+            )
+    return member
+
+
+def _fixed_split(labels, classes, members, fixed_train, fixed_test, val_fraction, rng) -> Split:
+    if fixed_train is None:
+        raise ParamsError("fixed mode needs a training mask: set 'split.fixed.train'")
+    pool = _fixed_member(fixed_train, labels, "training mask")
+    if fixed_test is None:
+        test = (labels > 0) & ~pool
+        if not test.any():
+            raise DataError(f"{fixed_train}: the training mask leaves no labelled pixel to test")
+    else:
+        test = _fixed_member(fixed_test, labels, "test mask")
+        overlap = int((pool & test).sum())
+        if overlap:
+            raise DataError(
+                f"{fixed_test}: the test mask overlaps the training mask {fixed_train} on "
+                f"{overlap} pixel(s)"
+            )
+    flat_pool = pool.ravel()
+    pools = [rng.permutation(idx[flat_pool[idx]]) for idx in members]
+    pools = [p for p in pools if len(p)]
     if val_fraction > 0:
-        pool_tiles = np.flatnonzero(x)
-        pool_counts = model.counts[pool_tiles]
-        pool_total = pool_counts.sum(0)
-        has = pool_total > 0
-        no_need = np.zeros(n_cls, dtype=bool)
-        for _, v in _search_tiles(pool_counts, val_fraction, rng, no_need, has, _RESTARTS):
-            if v.any() and (pool_counts[v].sum(0)[has] < pool_total[has]).all():
-                val[labelled] = np.isin(model.pixel_tile, pool_tiles[v])
-                break
-    return Split(pool & ~val, val, test, guard)
+        train_idx, val_idx = _carve_val(pools, val_fraction, rng)
+    else:
+        train_idx, val_idx = np.concatenate(pools), np.zeros(0, dtype=np.int64)
+    train, val, _ = _masks_from_indices(labels.shape, train_idx, val_idx, np.zeros(0, np.int64))
+    rest = (labels > 0) & ~pool & ~test
+    return Split(train, val, test, np.zeros(labels.shape, dtype=bool), excluded=rest)
+
+
+def _drop_unseen(labels: np.ndarray, split: Split) -> Split:
+    """Move the val and test pixels of classes lacking training or test pixels to ``excluded``."""
+    dropped = []
+    for c in np.unique(labels[labels > 0]):
+        in_c = labels == c
+        has_train, has_test = (split.train & in_c).any(), (split.test & in_c).any()
+        if has_train and has_test:
+            continue
+        dropped.append(int(c))
+        if not has_train:
+            move = (split.val | split.test) & in_c
+            split.excluded = split.excluded | move
+            split.val, split.test = split.val & ~move, split.test & ~move
+    split.not_scored = dropped
+    if not split.test.any():
+        raise DataError(
+            f"{split.mode} split leaves no class with both training and test pixels "
+            f"(tile_size={split.tile_size}); nothing could be scored"
+        )
+    return split
 
 
 def make_split(
@@ -467,6 +591,9 @@ def make_split(
     val_fraction: float = 0.1,
     patch_size: int = 25,
     tile_size: int | None = None,
+    guard: str = "centre",
+    fixed_train: Any = None,
+    fixed_test: Any = None,
 ) -> Split:
     """Split the labelled pixels of ``labels`` (0 = unlabelled) into train, val, test and guard.
 
@@ -481,19 +608,26 @@ def make_split(
       class (at least ``min_per_class``), so every class keeps test pixels; a class with
       n < ``min_per_class + 1`` pixels is an error.
     - ``disjoint``: the scene is cut into square tiles of side ``tile_size`` (default
-      :func:`default_tile_size`) on a grid with a seed-drawn offset, and whole tiles go to the
-      pool. Labelled pixels of the other tiles within Chebyshev distance ``patch_size // 2`` of
-      a pool pixel go to ``guard``, the rest to ``test``, so no pool pixel's window holds a
-      test pixel (leakage 0). The tile assignment minimises the squared deviation of each
-      class's share pool / (pool + test) (and the overall share) from ``train_fraction``,
-      plus 0.1 x the share of labelled pixels lost to the guard band, by steepest-descent tile
-      flips from random starts over several grid offsets. Every class gets >= 1 pool and >= 1
-      test pixel, else DataError naming it; classes spanning no more than ``patch_size // 2``
-      pixels cannot (see :func:`splittable_classes`): they are exempt, with a UserWarning.
-      Validation is a set of whole pool tiles.
+      :func:`default_tile_size`) on a grid with a seed-drawn offset. Whole tiles go to training;
+      labelled pixels within the guard radius r of a training pixel (:func:`guard_radius`:
+      ``centre`` P // 2, ``window`` P - 1) go to ``guard``; the remaining tiles' pixels are then
+      split, again by whole tiles, into ``val`` and ``test``, so neither holds a pixel within r
+      of a training pixel. Both steps use one search (:func:`_search`): steepest-descent tile
+      flips from random starts minimising the squared deviation of each class's share (and the
+      overall share) from its target, plus 0.1 x the share of pixels lost to the guard band,
+      over several grid offsets. Targets: train : val : test = ``train_fraction`` x
+      (1 - ``val_fraction``) : ``train_fraction`` x ``val_fraction`` : 1 - ``train_fraction``.
+      A class that could be split but got no training or no test pixel is a DataError naming
+      it; classes spanning no more than r pixels (:func:`splittable_classes`) cannot be split:
+      they are not scored, with a UserWarning.
+    - ``fixed``: ``fixed_train`` (and optional ``fixed_test``, default every other labelled
+      pixel) are arrays or files (.npy, .mat, .tif) holding a mask or a label map, non-zero =
+      member; see :func:`_fixed_member` for the checks.
 
-    ``val_fraction`` of the pool moves to ``val`` (stratified by class in random/per_class
-    modes, whole tiles in disjoint mode), each class keeping >= 1 training pixel.
+    ``val_fraction`` of the pool moves to ``val`` (stratified by class in random, per_class and
+    fixed modes; guarded tiles in disjoint mode), each class keeping >= 1 training pixel. In
+    every mode a class without training or test pixels is listed in ``not_scored`` and its
+    validation and test pixels move to ``excluded``.
     """
     if mode not in MODES:
         raise ParamsError(f"mode must be one of {MODES}, got {mode!r}")
@@ -503,6 +637,7 @@ def make_split(
     per_class_count = _check_int("per_class_count", per_class_count, 1)
     min_per_class = _check_int("min_per_class", min_per_class, 1)
     patch_size = _check_patch_size(patch_size)
+    guard_radius(guard, patch_size)
     if tile_size is not None:
         tile_size = _check_int("tile_size", tile_size, 1)
     labels = _check_labels(labels)
@@ -510,35 +645,75 @@ def make_split(
     classes, members = _class_pixels(labels)
 
     if mode == "disjoint":
-        tile = tile_size if tile_size is not None else default_tile_size(labels.shape, patch_size)
+        tile = tile_size or default_tile_size(labels.shape, patch_size)
         split = _disjoint_split(
-            labels, classes, patch_size, train_fraction, val_fraction, tile, rng
+            labels, classes, patch_size, train_fraction, val_fraction, tile, guard, rng
         )
         split.tile_size = tile
+    elif mode == "fixed":
+        split = _fixed_split(labels, classes, members, fixed_train, fixed_test, val_fraction, rng)
     else:
         if mode == "random":
             sizes = _random_sizes(classes, members, train_fraction, rng)
         else:
             sizes = _per_class_sizes(classes, members, per_class_count, min_per_class)
         split = _pixel_split(labels, sizes, classes, members, rng, val_fraction)
-    split.mode, split.seed = mode, seed
-    return split
+    split.mode, split.seed, split.guard_mode = mode, seed, guard
+    return _drop_unseen(labels, split)
 
 
-def leakage_share(train_pool: np.ndarray, test: np.ndarray, patch_size: int) -> float:
-    """Share (0..1) of test pixels inside the P x P window of some training-pool pixel.
+def split_from_params(labels: np.ndarray, split_params: dict, patch_size: int) -> Split:
+    """:func:`make_split` driven by the validated ``split`` section of params.yaml."""
+    sp = split_params
+    fixed = sp.get("fixed") or {}
+    return make_split(
+        labels,
+        sp["mode"],
+        seed=sp["seed"],
+        train_fraction=sp["train_fraction"],
+        per_class_count=sp["per_class_count"],
+        min_per_class=sp["min_per_class"],
+        val_fraction=sp["val_fraction"],
+        patch_size=patch_size,
+        tile_size=sp["tile_size"],
+        guard=sp.get("guard") or "centre",
+        fixed_train=fixed.get("train"),
+        fixed_test=fixed.get("test"),
+    )
 
-    The window of a pool pixel (r, c) covers rows r - P//2 .. r + P//2 (same for columns);
-    computed by one square dilation. An empty test set leaks nothing: 0.0.
+
+def leakage_share(
+    train: np.ndarray, test: np.ndarray, patch_size: int, guard: str = "centre"
+) -> float:
+    """Share (0..1) of ``test`` pixels within the guard radius of some ``train`` pixel.
+
+    ``centre``: inside the P x P window of a training pixel (Chebyshev distance <= P // 2);
+    ``window``: their P x P windows share a pixel (distance <= P - 1). Computed by one square
+    dilation. An empty test set leaks nothing: 0.0.
     """
-    p = _check_patch_size(patch_size)
-    pool, test = _check_mask("train_pool", train_pool), _check_mask("test", test)
+    r = guard_radius(guard, patch_size)
+    pool, test = _check_mask("train", train), _check_mask("test", test)
     if pool.shape != test.shape:
-        raise DataError(f"train_pool shape {pool.shape} differs from test shape {test.shape}")
+        raise DataError(f"train shape {pool.shape} differs from test shape {test.shape}")
     n_test = int(test.sum())
     if n_test == 0:
         return 0.0
-    return float((dilate_square(pool, p) & test).sum() / n_test)
+    return float((dilate_square(pool, 2 * r + 1) & test).sum() / n_test)
+
+
+def leakage_figures(split: Split, patch_size: int) -> dict:
+    """Pixels and shares of val and test reached by training pixels, for both guard radii."""
+    out = {}
+    for guard in GUARDS:
+        near = dilate_square(split.train, 2 * guard_radius(guard, patch_size) + 1)
+        row = {"radius": guard_radius(guard, patch_size)}
+        for name in ("test", "val"):
+            mask = getattr(split, name)
+            hit = int((near & mask).sum())
+            row[f"train_to_{name}_pixels"] = hit
+            row[f"train_to_{name}_share"] = hit / int(mask.sum()) if mask.any() else 0.0
+        out[guard] = row
+    return out
 
 
 def _class_name(class_names: Any, label: int) -> str:
@@ -551,16 +726,27 @@ def _class_name(class_names: Any, label: int) -> str:
     return f"class_{label}"
 
 
+def not_scored_line(not_scored: list[dict]) -> str:
+    """The "not scored: …" sentence every report prints ('' when every class is scored)."""
+    if not not_scored:
+        return ""
+    names = ", ".join(f"{r['label']} ({r['name']})" for r in not_scored)
+    return f"not scored: {names} (no training or no test pixels in this split)"
+
+
 def split_summary(
     labels: np.ndarray, split: Split, patch_size: int, class_names: Any = None
 ) -> dict:
-    """JSON-ready counts per mask and class, plus the leakage share of the split.
+    """JSON-ready counts per mask and class, the classes not scored and the leakage figures.
 
     ``class_names`` is a mapping label -> name or a sequence whose item i names label i + 1.
+    ``leakage_share`` is the ``centre`` train -> test share; ``leakage`` has both definitions
+    (:func:`leakage_figures`) for test and validation.
     """
     labels = _check_labels(labels)
     p = _check_patch_size(patch_size)
-    masks = {k: _check_mask(k, getattr(split, k)) for k in ("train", "val", "test", "guard")}
+    names = ("train", "val", "test", "guard", "excluded")
+    masks = {k: _check_mask(k, getattr(split, k)) for k in names}
     for k, m in masks.items():
         if m.shape != labels.shape:
             raise DataError(f"split.{k} shape {m.shape} differs from labels shape {labels.shape}")
@@ -570,16 +756,24 @@ def split_summary(
         in_c = labels == c
         row = {"label": int(c), "name": _class_name(class_names, int(c)), "total": int(in_c.sum())}
         row.update({k: int((m & in_c).sum()) for k, m in masks.items()})
+        row["scored"] = int(c) not in split.not_scored
         per_class.append(row)
-    share = leakage_share(pool, masks["test"], p)
+    leakage = leakage_figures(split, p)
+    share = leakage["centre"]["train_to_test_share"]
     counts = {k: int(m.sum()) for k, m in masks.items()}
     counts["train_pool"] = int(pool.sum())
+    not_scored = [{"label": r["label"], "name": r["name"]} for r in per_class if not r["scored"]]
     return {
         "mode": split.mode,
         "seed": split.seed,
         "patch_size": p,
+        "guard": split.guard_mode,
+        "tile_size": split.tile_size,
         "counts": counts,
         "per_class": per_class,
+        "not_scored": not_scored,
+        "not_scored_note": not_scored_line(not_scored),
         "leakage_share": share,
         "leakage_percent": 100.0 * share,
+        "leakage": leakage,
     }
