@@ -46,7 +46,7 @@ def time_best(fn, device, repeats):
     return best
 
 
-def pavia_peak_memory(device: str, tile: int) -> dict:
+def pavia_peak_memory(device: str, strip_rows: int) -> dict:
     """Run in a fresh interpreter and read its own high-water mark (VmHWM; ru_maxrss would carry
     the parent's peak across fork and exec)."""
     code = f"""
@@ -63,7 +63,7 @@ cube = np.random.default_rng(0).normal(size=(610, 340, 15)).astype(np.float32)
 model = build_model("hybridsn", 15, {P}, 9)
 base = hwm()
 with torch.inference_mode():
-    pred = predict_scene(model, cube, {P}, device="{device}", tile={tile})
+    pred = predict_scene(model, cube, {P}, device="{device}", strip_rows={strip_rows})
 print(json.dumps({{"seconds": pred.seconds, "method": pred.method,
     "peak_rss_gib": hwm(), "before_gib": base}}))
 """
@@ -81,7 +81,7 @@ def main() -> None:
         help="pixels for the patch path (0 = all); default all on CUDA, 1024 on CPU",
     )
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--strip-rows", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-only", action="store_true", help="only the Pavia-sized memory run")
     args = ap.parse_args()
@@ -90,7 +90,7 @@ def main() -> None:
     if n_patch is None:
         n_patch = 0 if device.type == "cuda" else 1024
     if args.memory_only:
-        print_memory(device, args.tile)
+        print_memory(device, args.strip_rows)
         return
     torch.manual_seed(0)
     cube = np.random.default_rng(0).normal(size=(145, 145, 30)).astype(np.float32)
@@ -98,7 +98,7 @@ def main() -> None:
     print(f"device: {device_name(device)}  date: {datetime.date.today()}")
 
     dense_s = time_best(
-        lambda: predict_scene(model, cube, P, device=device, tile=args.tile), device, args.repeats
+        lambda: predict_scene(model, cube, P, device=device, strip_rows=args.strip_rows), device, args.repeats
     )
     padded = pad_cube(torch.as_tensor(cube, device=device), P)
     h, w = cube.shape[:2]
@@ -126,7 +126,7 @@ def main() -> None:
     patch_s = time_best(patch_path, device, 1 if device.type == "cpu" else args.repeats)
     patch_full_s = patch_s * (h * w) / rows.numel()
     with torch.inference_mode():
-        dense_logits, _ = scene_logits(model, padded, P, tile=args.tile)
+        dense_logits, _ = scene_logits(model, padded, P, strip_rows=args.strip_rows)
         dense_pred = dense_logits.argmax(0).reshape(-1)[idx]
     agree = bool(torch.equal(dense_pred, patch_path()))
     scaled = (
@@ -138,11 +138,11 @@ def main() -> None:
     print(
         f"  speed-up                       : {patch_full_s / dense_s:10.1f}x   same labels: {agree}"
     )
-    print_memory(device, args.tile)
+    print_memory(device, args.strip_rows)
 
 
-def print_memory(device, tile: int) -> None:
-    mem = pavia_peak_memory(str(device), tile)
+def print_memory(device, strip_rows: int) -> None:
+    mem = pavia_peak_memory(str(device), strip_rows)
     print(
         f"Pavia University-sized scene (610x340, K=15): dense map in {mem['seconds']:.2f} s, "
         f"peak host memory (VmHWM) {mem['peak_rss_gib']:.2f} GiB "

@@ -175,7 +175,7 @@ SCHEMA: dict[str, Any] = {
     "evaluate": {
         "batch_size": Field(1024, _num(1, integer=True)),
         "dense": Field(True, _bool),
-        "tile": Field(256, _num(16, integer=True)),
+        "strip_rows": Field(256, _num(1, integer=True)),
     },
     "denoise": {
         "depth": Field(17, _num(3, integer=True)),

@@ -110,7 +110,7 @@ def test_scene_map_dense_equals_patches(name, scene):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     with torch.no_grad():
-        dense = predict_scene(model, cube, P, dense=True, tile=7)
+        dense = predict_scene(model, cube, P, dense=True, strip_rows=7)
         patches = predict_scene(model, cube, P, dense=False, batch_size=100)
     assert patches.method == "patches"
     assert dense.method == ("dense" if model.supports_dense else "patches")

@@ -3,7 +3,8 @@
 Models whose trunk is translation-equivariant run as one fully-convolutional pass over the padded
 cube (exactly the patch logits; processed in row strips with a halo to bound memory); the others
 (squeeze-and-excitation pools over the whole window) classify batches of patches gathered on the
-device. Either way no all-pixels patch array is built.
+device by :func:`pixel_logits`, the one patch-inference loop, which validation during training
+uses too. Either way no all-pixels patch array is built, and inference is always fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.data.patches import gather_patches, pad_cube
+from pipeline.data.patches import iter_patch_batches, pad_cube
 
 
 @dataclass
@@ -32,34 +33,64 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
+def pixel_logits(
+    model: nn.Module,
+    padded: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    patch_size: int,
+    batch_size: int,
+    *,
+    progress: bool = False,
+) -> torch.Tensor:
+    """fp32 logits ``(N, C)`` of the pixels ``(rows[i], cols[i])``, in batches of patches.
+
+    The one patch-inference loop: validation during training, the patch path of a scene pass
+    and the benchmarks all use it, so a pixel gets the same prediction whichever of them asks.
+    ``padded`` is the channels-first cube from :func:`pipeline.data.patches.pad_cube`; patches
+    are gathered on its device, one batch at a time. Always fp32 (no autocast), so validation
+    OA, which picks the checkpoint, and test OA are measured at the same precision.
+    """
+    model.eval()
+    n = len(rows)
+    out: list[torch.Tensor] = []
+    batches = iter_patch_batches(padded, rows, cols, patch_size, batch_size)
+    total = -(-n // int(batch_size)) if n else 0
+    for _, x in tqdm(batches, total=total, desc="patches", unit="batch", disable=not progress):
+        out.append(model(x).float())
+    if not out:
+        return torch.empty((0, 0), dtype=torch.float32, device=padded.device)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
 def scene_logits(
     model: nn.Module,
     padded: torch.Tensor,
     patch_size: int,
     *,
     dense: bool = True,
-    tile: int = 256,
+    strip_rows: int = 256,
     batch_size: int = 1024,
     progress: bool = False,
 ) -> tuple[torch.Tensor, str]:
-    """Logits (C, H, W) of every scene pixel from the padded channels-first cube (K, Hp, Wp)."""
+    """fp32 logits (C, H, W) of every scene pixel from the padded channels-first cube.
+
+    Dense models run fully convolutionally in strips of ``strip_rows`` output rows (a halo is
+    added automatically); the others go through :func:`pixel_logits`.
+    """
     model.eval()
     h, w = padded.shape[1] - patch_size + 1, padded.shape[2] - patch_size + 1
     if dense and getattr(model, "supports_dense", False):
-        logits = model.forward_dense(padded[None, None], chunk_rows=tile)[0]
+        logits = model.forward_dense(padded[None, None], chunk_rows=strip_rows)[0]
         return logits.float(), "dense"
     rows, cols = torch.meshgrid(
         torch.arange(h, device=padded.device), torch.arange(w, device=padded.device), indexing="ij"
     )
-    rows, cols = rows.reshape(-1), cols.reshape(-1)
-    out = []
-    starts = range(0, rows.numel(), batch_size)
-    for start in tqdm(starts, desc="scene", unit="batch", disable=not progress):
-        x = gather_patches(
-            padded, rows[start : start + batch_size], cols[start : start + batch_size], patch_size
-        )
-        out.append(model(x).float())
-    return torch.cat(out).T.reshape(-1, h, w), "patches"
+    logits = pixel_logits(
+        model, padded, rows.reshape(-1), cols.reshape(-1), patch_size, batch_size, progress=progress
+    )
+    return logits.T.reshape(-1, h, w), "patches"
 
 
 def predict_scene(
@@ -70,7 +101,7 @@ def predict_scene(
     padding: str = "zero",
     device: torch.device | str = "cpu",
     dense: bool = True,
-    tile: int = 256,
+    strip_rows: int = 256,
     batch_size: int = 1024,
     progress: bool = False,
 ) -> ScenePrediction:
@@ -83,7 +114,13 @@ def predict_scene(
         torch.as_tensor(cube, dtype=torch.float32, device=device), patch_size, padding
     )
     logits, method = scene_logits(
-        model, padded, patch_size, dense=dense, tile=tile, batch_size=batch_size, progress=progress
+        model,
+        padded,
+        patch_size,
+        dense=dense,
+        strip_rows=strip_rows,
+        batch_size=batch_size,
+        progress=progress,
     )
     labels = (logits.argmax(0) + 1).cpu().numpy().astype(np.int64)
     _sync(device)

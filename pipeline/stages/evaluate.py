@@ -79,7 +79,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         padding=patch["padding"],
         device=device,
         dense=ev["dense"],
-        tile=ev["tile"],
+        strip_rows=ev["strip_rows"],
         batch_size=ev["batch_size"],
         progress=True,
     )

@@ -97,7 +97,7 @@ def run(params: dict) -> dict:
             padding=patch["padding"],
             device=device,
             dense=ev["dense"],
-            tile=ev["tile"],
+            strip_rows=ev["strip_rows"],
             batch_size=ev["batch_size"],
         )
         return float(np.mean(pred.labels[test] == truth))
