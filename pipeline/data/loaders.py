@@ -93,7 +93,7 @@ def resolve_key(
     fmt = detect_format(path)
     if fmt not in ("mat5", "mat73"):
         return None
-    return _choose_key(path, _inspect(path, fmt), key, ndim)
+    return _choose_mat_key(path, fmt, _inspect(path, fmt), key, ndim)
 
 
 def load_array(
@@ -105,14 +105,18 @@ def load_array(
     zero or several candidates raise :class:`DataError` listing the keys found. ``key`` is
     ignored for single-array formats. v7.3 arrays are transposed so they equal what
     ``scipy.io.loadmat`` gives for the same data. An ENVI image with one band loaded with
-    ``ndim=2`` is returned as H×W.
+    ``ndim=2`` is returned as H×W. A .mat cube stored flattened (bands × pixels or pixels ×
+    bands) with scalars ``nRow`` and ``nCol``, as the Jasper Ridge, Samson and Urban files are,
+    is reshaped to H×W×B (pixels in MATLAB's column order).
     """
     path = _existing(path)
     fmt = detect_format(path)
     if fmt in ("mat5", "mat73"):
         entries = _inspect(path, fmt)
-        key = _choose_key(path, entries, key, ndim)
-        arr = _read_mat5(path, key) if fmt == "mat5" else _read_mat73(path, key)
+        key = _choose_mat_key(path, fmt, entries, key, ndim)
+        arr = _read_mat(path, fmt, key)
+        if ndim == 3 and arr.ndim == 2:
+            arr = _unflatten(path, fmt, entries, key, arr)
     elif fmt == "npy":
         arr = _read_npy(path)
     else:
@@ -270,6 +274,66 @@ def _choose_key(path: Path, entries: dict[str, _Entry], key: str | None, ndim: i
         f"{path}: cannot pick the array automatically ({problem} {what}); pass a key. "
         f"Keys found: {_describe(entries)}"
     )
+
+
+def _read_mat(path: Path, fmt: str, key: str) -> np.ndarray:
+    return _read_mat5(path, key) if fmt == "mat5" else _read_mat73(path, key)
+
+
+def _flat_dims(path: Path, fmt: str, entries: dict[str, _Entry]) -> tuple[int, int] | None:
+    """``(nRow, nCol)`` when the file stores them as numeric scalars (names case-insensitive)."""
+    names = {k.lower(): k for k, e in entries.items() if e.numeric and int(np.prod(e.shape)) == 1}
+    if "nrow" not in names or "ncol" not in names:
+        return None
+    rows, cols = (int(_read_mat(path, fmt, names[n]).ravel()[0]) for n in ("nrow", "ncol"))
+    return (rows, cols) if rows > 0 and cols > 0 else None
+
+
+def _choose_mat_key(
+    path: Path, fmt: str, entries: dict[str, _Entry], key: str | None, ndim: int | None
+) -> str:
+    """:func:`_choose_key`, where a cube (``ndim=3``) may also be a flattened 2-D array whose
+    pixel count is ``nRow × nCol``."""
+    try:
+        return _choose_key(path, entries, key, ndim)
+    except DataError:
+        if ndim != 3 or key is not None:
+            raise
+        dims = _flat_dims(path, fmt, entries)
+        flat = [
+            name
+            for name, e in entries.items()
+            if e.numeric and len(e.shape) == 2 and dims and dims[0] * dims[1] in e.shape
+        ]
+        if len(flat) != 1:
+            raise
+        return flat[0]
+
+
+def _unflatten(
+    path: Path, fmt: str, entries: dict[str, _Entry], key: str | None, arr: np.ndarray
+) -> np.ndarray:
+    """A flattened cube (B × nRow·nCol or nRow·nCol × B, MATLAB column order) → H×W×B."""
+    where = f"{path}{_kdesc(key)}"
+    dims = _flat_dims(path, fmt, entries)
+    if dims is None:
+        raise DataError(
+            f"{where}: a 2-D {tuple(arr.shape)} array, not an H×W×bands cube. If it is a "
+            "flattened cube (bands × pixels), store its size as scalars 'nRow' and 'nCol' in "
+            "the same .mat (pixels in MATLAB column order), or save the cube as H×W×bands"
+        )
+    rows, cols = dims
+    n = rows * cols
+    if arr.shape[1] == n:
+        flat = arr
+    elif arr.shape[0] == n:
+        flat = arr.T
+    else:
+        raise DataError(
+            f"{where}: a 2-D {tuple(arr.shape)} array but nRow × nCol = {rows} × {cols} = {n} "
+            "pixels; neither dimension matches, so it cannot be reshaped to H×W×bands"
+        )
+    return np.ascontiguousarray(flat.reshape(flat.shape[0], cols, rows).transpose(2, 1, 0))
 
 
 def _read_mat5(path: Path, key: str) -> np.ndarray:
