@@ -121,7 +121,39 @@ def _sigmas(v):
     return None
 
 
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "paper": {"split.mode": "random", "split.train_fraction": 0.3, "pca.fit_on": "all"},
+    "leakfree": {"split.mode": "disjoint", "split.guard": "window", "pca.fit_on": "train"},
+    "custom": {},
+}
+"""What each ``protocol`` sets; a key it sets may be left null or given the same value."""
+
+_UNSET = {
+    "split.mode": "random",
+    "split.train_fraction": 0.3,
+    "split.guard": "centre",
+    "pca.fit_on": "all",
+}
+
+
+def _apply_protocol(params: dict, where: str) -> None:
+    """Fill the keys the protocol governs; a conflicting explicit value is an error."""
+    name = params["protocol"]
+    preset = PROTOCOLS[name]
+    for key, fallback in _UNSET.items():
+        section, field = key.split(".")
+        value, want = params[section][field], preset.get(key)
+        if want is not None and value is not None and value != want:
+            raise ParamsError(
+                f"{where}: '{key}' = {value!r} conflicts with protocol '{name}', which sets "
+                f"{want!r}; set 'protocol: custom' to choose the split and PCA yourself"
+            )
+        if value is None:
+            params[section][field] = fallback if want is None else want
+
+
 SCHEMA: dict[str, Any] = {
+    "protocol": Field("paper", _one_of(*PROTOCOLS)),
     "dataset": {
         "name": Field("indian_pines", _one_of(*DATASET_NAMES)),
         "source": Field("auto", _one_of("auto", "package", "url", "local")),
@@ -142,18 +174,23 @@ SCHEMA: dict[str, Any] = {
     },
     "pca": {
         "components": Field(None, _num(1, integer=True, optional=True)),
-        "fit_on": Field("all", _one_of("all", "train")),
+        "fit_on": Field(None, _one_of(None, "all", "train")),  # null: set by the protocol
         "whiten": Field(False, _bool),
         "scale": Field("global", _one_of("none", "global")),
     },
     "split": {
-        "mode": Field("random", _one_of("random", "per_class", "disjoint")),
+        "mode": Field(None, _one_of(None, "random", "per_class", "disjoint", "fixed")),
         "seed": Field(0, _num(0, integer=True)),
-        "train_fraction": Field(0.3, _num(0, 1, lo_open=True, hi_open=True)),
+        "train_fraction": Field(None, _num(0, 1, lo_open=True, hi_open=True, optional=True)),
         "per_class_count": Field(50, _num(1, integer=True)),
         "min_per_class": Field(5, _num(1, integer=True)),
         "val_fraction": Field(0.1, _num(0, 1, hi_open=True)),
         "tile_size": Field(None, _num(2, integer=True, optional=True)),
+        "guard": Field(None, _one_of(None, "centre", "window")),
+        "fixed": {
+            "train": Field(None, _opt_str),
+            "test": Field(None, _opt_str),
+        },
     },
     "patch": {
         "size": Field(25, _odd_patch),
@@ -236,6 +273,11 @@ def _walk(schema: dict, given: Any, prefix: str, where: str) -> dict:
 def validate(raw: dict | None, where: str = "params") -> dict:
     """Return the full params (defaults filled in) or raise ParamsError naming the bad key."""
     params = _walk(SCHEMA, raw, "", where)
+    _apply_protocol(params, where)
+    if params["split"]["mode"] == "fixed" and not params["split"]["fixed"]["train"]:
+        raise ParamsError(
+            f"{where}: 'split.mode' = 'fixed' needs 'split.fixed.train' (a mask file)"
+        )
     if params["dataset"]["name"] == "custom" and not (
         params["dataset"]["custom"]["cube"] and params["dataset"]["custom"]["gt"]
     ):

@@ -13,7 +13,7 @@ def test_repo_params_file_is_valid():
 
 
 def test_defaults_fill_missing_keys():
-    params = validate({"split": {"mode": "disjoint"}})
+    params = validate({"protocol": "custom", "split": {"mode": "disjoint"}})
     assert params["split"]["mode"] == "disjoint"
     assert params["split"]["val_fraction"] == defaults()["split"]["val_fraction"]
 
@@ -36,6 +36,39 @@ def test_defaults_fill_missing_keys():
 def test_bad_params_name_the_key(raw, key):
     with pytest.raises(ParamsError, match=f"'{key}'"):
         validate(raw)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "mode", "fraction", "guard", "fit_on"),
+    [
+        ("paper", "random", 0.3, "centre", "all"),
+        ("leakfree", "disjoint", 0.3, "window", "train"),
+        ("custom", "random", 0.3, "centre", "all"),
+    ],
+)
+def test_protocol_presets_set_what_they_promise(protocol, mode, fraction, guard, fit_on):
+    params = validate({"protocol": protocol})
+    assert params["protocol"] == protocol
+    sp = params["split"]
+    assert (sp["mode"], sp["train_fraction"], sp["guard"]) == (mode, fraction, guard)
+    assert params["pca"]["fit_on"] == fit_on
+    assert load_params("params.yaml")["protocol"] == "paper"
+
+
+def test_protocol_conflicts_are_errors_and_custom_takes_sections_as_written():
+    with pytest.raises(ParamsError, match=r"'split.mode' = 'disjoint' conflicts with protocol"):
+        validate({"split": {"mode": "disjoint"}})
+    with pytest.raises(ParamsError, match=r"'pca.fit_on' = 'all' conflicts with .*leakfree"):
+        validate({"protocol": "leakfree", "pca": {"fit_on": "all"}})
+    same = validate({"protocol": "leakfree", "split": {"mode": "disjoint", "guard": "window"}})
+    assert same["split"]["guard"] == "window"
+    raw = {"protocol": "custom", "split": {"mode": "disjoint", "guard": "centre"}}
+    custom = validate(raw | {"pca": {"fit_on": "train"}})
+    assert custom["split"]["guard"] == "centre" and custom["pca"]["fit_on"] == "train"
+    with pytest.raises(ParamsError, match=r"'protocol'"):
+        validate({"protocol": "honest"})
+    with pytest.raises(ParamsError, match=r"split.fixed.train"):
+        validate({"protocol": "custom", "split": {"mode": "fixed"}})
 
 
 def test_custom_dataset_needs_paths():
