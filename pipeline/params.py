@@ -15,19 +15,12 @@ from typing import Any
 
 import yaml
 
+from pipeline.data.registry import DATASETS
 from pipeline.errors import ParamsError
+from pipeline.models import MODELS
 
-MODEL_NAMES = ("hybridsn", "hybridsn_dsc", "hybridsn_se", "hybridsn_2d3d")
-DATASET_NAMES = (
-    "indian_pines",
-    "salinas",
-    "salinas_a",
-    "pavia_university",
-    "pavia_centre",
-    "ksc",
-    "botswana",
-    "custom",
-)
+MODEL_NAMES = tuple(MODELS)
+DATASET_NAMES = (*DATASETS, "custom")
 
 
 @dataclass(frozen=True)
