@@ -99,6 +99,14 @@ def _opt_str_list(v):
     return "must be null or a list of strings"
 
 
+def _opt_int_list(v):
+    if v is None or (
+        isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    ):
+        return None
+    return "must be null or a list of integer label values"
+
+
 def _opt_rgb(v):
     ok = isinstance(v, list) and len(v) == 3
     if v is None or (
@@ -163,6 +171,7 @@ SCHEMA: dict[str, Any] = {
             "rgb_bands": Field(None, _opt_rgb),
             "citation": Field(None, _opt_str),
             "licence": Field(None, _opt_str),
+            "ignore_labels": Field(None, _opt_int_list),
         },
     },
     "pca": {

@@ -191,9 +191,10 @@ def test_local_file_with_wrong_hash(tmp_path):
     assert not (out / "Indian_pines_gt.npy").exists()
     assert not (out / "Indian_pines_corrected.npy").exists()
     assert not (out / "manifest.json").exists()
-    manifest = fetch_dataset("indian_pines", out, source="auto", data_dir=data_dir)
-    assert manifest["cube"]["source"].startswith("local:")
-    assert manifest["gt"]["source"].startswith("package:")
+    # never a silent switch to the package's copy (a cube and labels from different sources)
+    with pytest.raises(DataError, match=r"not the expected Indian_pines_gt\.npy.*no other source"):
+        fetch_dataset("indian_pines", out, source="auto", data_dir=data_dir)
+    assert not out.exists()
 
 
 def test_bad_source_arguments(tmp_path):
@@ -289,7 +290,7 @@ def test_checksum_mismatch_fails_cleanly(www, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with pytest.raises(ChecksumError, match=r"(?s)could not fetch dataset 'tiny'.*sha256 mismatch"):
         fetch_dataset("tiny", out, progress=False)
-    assert list(out.iterdir()) == []
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
 def test_shape_mismatch(www, tmp_path, monkeypatch):
@@ -315,16 +316,16 @@ def test_custom_single_mat(tmp_path):
     custom = {"cube": str(src / "scene.mat"), "gt": str(src / "scene.mat")}
     manifest = fetch_dataset("custom", tmp_path / "out", custom=custom)
     assert manifest["dataset"] == "custom"
-    assert manifest["class_names"] == ["class 1", "class 2", "class 3"]
+    assert manifest["class_names"] == ["class 1", "class 3"]  # no phantom class 2
     assert manifest["cube"]["key"] == "img" and manifest["gt"]["key"] == "labels"
     assert manifest["cube"]["file"] == manifest["gt"]["file"] == "scene.mat"
     assert manifest["shape"] == [6, 4, 12]
     assert manifest["pca_components"] == 12
     assert manifest["rgb_bands"] == list(default_rgb_bands(12))
-    assert manifest["palette"] == [list(c) for c in default_palette(3)]
+    assert manifest["palette"] == [list(c) for c in default_palette(2)]
     c, g, _ = load_raw(tmp_path / "out")
     np.testing.assert_array_equal(c, cube)
-    assert g.dtype.kind in "iu" and int(g.max()) == 3
+    assert g.dtype.kind in "iu" and int(g.max()) == 2 and manifest["gt"]["label_values"] == [1, 3]
 
 
 def test_custom_envi_and_npy(tmp_path):

@@ -6,6 +6,12 @@ its ``<name>/`` subfolder), then an installed package, then the public URLs list
 users can drop the original files into the local folder. The result is a folder with the files
 and ``manifest.json`` (files, hashes, sources, shape, class names, palette, defaults), read back
 by :func:`load_raw`.
+
+Fetching is all or nothing: files are obtained and checked (hash, shapes, finite values, labels
+matching the cube) in a temporary sibling folder that replaces the output folder only when
+everything passed, so a failed fetch leaves the previous valid folder untouched. A file found in
+the local folder (``$HSI_DATA_DIR``) whose hash differs is an error, never a reason to quietly
+take the file from another source.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.custom import ingest_custom
+from pipeline.data.custom import ingest_custom, relabel
 from pipeline.data.download import copy_verified, download, verify_file
 from pipeline.data.loaders import load_cube, load_gt
 from pipeline.data.registry import DatasetInfo, FileSpec, get_dataset, normalise_name
@@ -61,11 +69,34 @@ def fetch_dataset(
     if source not in SOURCES:
         raise ParamsError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(out_dir)
+    stage = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}{_STAGING}{os.getpid()}-", dir=out_dir.parent)
+    )
+    try:
+        manifest = _fetch_into(name, stage, out_dir, source, data_dir, custom, progress)
+        _replace_dir(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return manifest
+
+
+def _fetch_into(
+    name: str,
+    stage: Path,
+    out_dir: Path,
+    source: str,
+    data_dir: str | os.PathLike | None,
+    custom: Mapping[str, Any] | None,
+    progress: bool,
+) -> dict:
+    """Obtain and check every file in ``stage``; verified files already in ``out_dir`` are
+    reused. Returns the manifest (also written into ``stage``)."""
     if normalise_name(name) == "custom":
         if custom is None:
             raise ParamsError("dataset 'custom' needs custom={'cube': path, 'gt': path, ...}")
-        info, cube_rec, gt_rec = ingest_custom(custom, out_dir)
+        info, cube_rec, gt_rec = ingest_custom(custom, stage)
         unknown: list[str] = []
     else:
         if custom is not None:
@@ -73,11 +104,13 @@ def fetch_dataset(
         info = get_dataset(name)
         local = _local_dir(data_dir, source)
         previous = _previous_manifest(out_dir)
-        info, cube_rec, gt_rec = _fetch_registered(info, out_dir, source, local, previous, progress)
+        info, cube_rec, gt_rec = _fetch_registered(
+            info, stage, source, local, previous, progress, reuse=out_dir
+        )
         unknown = [spec.filename for spec in (info.cube, info.gt) if spec.sha256 is None]
 
-    cube = load_cube(out_dir / cube_rec["file"], cube_rec["key"])
-    gt = load_gt(out_dir / gt_rec["file"], gt_rec["key"])
+    cube = load_cube(stage / cube_rec["file"], cube_rec["key"])
+    gt = _labels(load_gt(stage / gt_rec["file"], gt_rec["key"]), gt_rec, stage)
     _check_arrays(info, cube, gt, out_dir)
     labels, counts = np.unique(gt[gt > 0], return_counts=True)
 
@@ -98,8 +131,50 @@ def fetch_dataset(
         "label_counts": {str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)},
         "sha256_recorded_unknown": unknown,
     }
-    write_json(out_dir / MANIFEST, manifest)
+    write_json(stage / MANIFEST, manifest)
     return manifest
+
+
+_STAGING = ".fetching-"
+
+
+def _remove_abandoned(out_dir: Path) -> None:
+    """Delete staging folders left by fetches that were killed (their process is gone)."""
+    for path in out_dir.parent.glob(f".{out_dir.name}{_STAGING}*"):
+        pid = path.name[len(f".{out_dir.name}{_STAGING}") :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _replace_dir(stage: Path, out_dir: Path) -> None:
+    """Put ``stage`` where ``out_dir`` is. Between the two renames ``out_dir`` is briefly absent
+    (a crash there leaves no folder rather than a mix of old and new files)."""
+    if out_dir.exists() or out_dir.is_symlink():
+        old = stage.with_name(stage.name + ".old")
+        os.replace(out_dir, old)
+        os.replace(stage, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out_dir)
+
+
+def _labels(gt: np.ndarray, gt_rec: Mapping[str, Any], where: Path) -> np.ndarray:
+    """The label map as classes 1..N, when the record says how the file's values map to them."""
+    if "label_values" not in gt_rec:
+        return gt
+    return relabel(
+        gt, gt_rec["label_values"], gt_rec.get("ignore_labels", ()), where / gt_rec["file"]
+    )
 
 
 def load_manifest(out_dir: str | os.PathLike) -> dict:
@@ -124,7 +199,11 @@ def load_raw(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir)
     cube = load_cube(out_dir / manifest["cube"]["file"], manifest["cube"].get("key"))
-    gt = load_gt(out_dir / manifest["gt"]["file"], manifest["gt"].get("key"))
+    gt = _labels(
+        load_gt(out_dir / manifest["gt"]["file"], manifest["gt"].get("key")),
+        manifest["gt"],
+        out_dir,
+    )
     if list(cube.shape) != list(manifest["shape"]) or gt.shape != cube.shape[:2]:
         raise DataError(
             f"{out_dir}: cube {cube.shape} / gt {gt.shape} do not match the manifest shape "
@@ -164,6 +243,7 @@ def _fetch_registered(
     local: Path | None,
     previous: dict,
     progress: bool,
+    reuse: Path | None = None,
 ) -> tuple[DatasetInfo, dict, dict]:
     pairs = [(info.cube, info.gt), *info.alternatives]
     failures: list[DataError] = []
@@ -171,9 +251,11 @@ def _fetch_registered(
         written: list[Path] = []
         try:
             recs = [
-                _obtain(spec, info.name, out_dir, source, local, previous, progress, written)
+                _obtain(spec, info.name, out_dir, source, local, previous, progress, written, reuse)
                 for spec in (cube_spec, gt_spec)
             ]
+        except LocalFileMismatch:
+            raise
         except DataError as exc:
             failures.append(exc)
             for path in written:
@@ -199,16 +281,21 @@ def _obtain(
     previous: dict,
     progress: bool,
     written: list[Path],
+    reuse: Path | None = None,
 ) -> dict:
     dest = out_dir / spec.filename
     prev = _previous_record(previous, spec.filename)
     expected = spec.sha256 or prev.get("sha256")
-    if dest.is_file() and expected:
+    old = (reuse or out_dir) / spec.filename
+    if old.is_file() and expected:
         try:
-            digest = verify_file(dest, sha256=expected, size=spec.size)
+            digest = verify_file(old, sha256=expected, size=spec.size)
         except ChecksumError as exc:
             log.info("%s; fetching it again", exc)
         else:
+            if old != dest:
+                _link_or_copy(old, dest)
+                written.append(dest)
             return _record(spec, digest, dest, prev.get("source", "existing"))
 
     candidates = _candidates(spec, dataset, source, local, progress)
@@ -218,6 +305,18 @@ def _obtain(
     for label, action in candidates:
         try:
             digest = action(dest)
+        except ChecksumError as exc:
+            if label.startswith("local:"):
+                what, _, rest = str(exc).partition(" for ")
+                raise LocalFileMismatch(
+                    f"{label[len('local:') :]}: {what} ({rest.rpartition(': ')[2]}); this local "
+                    f"copy is not the expected {spec.filename}. "
+                    f"Replace or remove it (or unset ${DATA_DIR_ENV}); no other source is tried "
+                    "so that the data never silently come from somewhere else"
+                ) from None
+            errors.append(exc)
+            log.warning("%s: %s failed: %s", spec.filename, label, exc)
+            continue
         except DataError as exc:
             errors.append(exc)
             log.warning("%s: %s failed: %s", spec.filename, label, exc)
@@ -270,6 +369,17 @@ def _candidates(
     return out
 
 
+class LocalFileMismatch(ChecksumError):
+    """A file in the local data folder exists but is not the expected one."""
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
 def _package_file(package_path: str) -> tuple[Path, str]:
     """Locate ``"pkg:rel/path"`` inside an installed package without importing it."""
     pkg, _, rel = package_path.partition(":")
@@ -310,6 +420,13 @@ def _record(spec: FileSpec, digest: str, path: Path, source: str) -> dict:
 
 def _check_arrays(info: DatasetInfo, cube: np.ndarray, gt: np.ndarray, out_dir: Path) -> None:
     where = f"{out_dir / info.cube.filename}"
+    if np.issubdtype(cube.dtype, np.floating) and not np.isfinite(cube).all():
+        bad = ~np.isfinite(cube)
+        r, c, b = np.argwhere(bad)[0]
+        raise DataError(
+            f"{where}: {int(bad.sum())} NaN/Inf values (first at row {r}, col {c}, band {b}); "
+            "nothing was written"
+        )
     if tuple(cube.shape) != tuple(info.shape):
         raise DataError(
             f"{where}: cube shape {cube.shape} differs from the expected {tuple(info.shape)} "
