@@ -28,7 +28,13 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, required=True)
     sub.add_parser("report", help="compare every model × seed: mean ± std, McNemar, maps")
     s = sub.add_parser("predict", help="classify a user's own scene with a trained checkpoint")
-    s.add_argument("--checkpoint", required=True)
+    s.add_argument(
+        "--checkpoint",
+        "--model",
+        dest="checkpoint",
+        required=True,
+        help="a checkpoint .pt, or a registered MLflow model models:/NAME/VERSION",
+    )
     s.add_argument("--cube", required=True, help=".mat (v5/v7.3), .npy or ENVI .hdr")
     s.add_argument("--key", default=None, help="array key inside a .mat (auto-detected if unique)")
     s.add_argument("--out", default=None, help="output folder (default: beside the cube)")
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hsi {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"hsi {args.stage}: interrupted; outputs of this run not written", file=sys.stderr)
         return 130
     return 0
 

@@ -101,7 +101,7 @@ def test_mlflow_runs_recorded(repo):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("indian_pines")
+    exp = client.get_experiment_by_name("indian_pines/classification")
     runs = client.search_runs([exp.experiment_id])
     names = {r.info.run_name for r in runs}
     assert {"hybridsn-seed0", "hybridsn_se-seed1"} <= names
@@ -126,12 +126,16 @@ def test_disjoint_experiment_has_no_leakage(repo, tmp_path):
     shared, env, _ = repo
     root = _own_copy(shared, tmp_path / "own")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["split"]["mode"] = "disjoint"
+    params["protocol"] = "leakfree"
     (root / "params.disjoint.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run([str(BIN / "hsi"), "--params", "params.disjoint.yaml", "prepare"], root, env)
     split = json.loads((root / "data/prepared/indian_pines/split.json").read_text())
-    assert split["mode"] == "disjoint"
+    assert split["mode"] == "disjoint" and split["guard"] == "window"
     assert split["leakage_share"] == 0.0
+    assert split["leakage"]["window"]["train_to_test_pixels"] == 0
+    assert split["leakage"]["window"]["train_to_val_pixels"] == 0
+    meta = json.loads((root / "data/prepared/indian_pines/meta.json").read_text())
+    assert meta["protocol"] == "leakfree"
 
 
 def test_prepare_with_wrong_key_names_file_and_keys(repo, tmp_path):

@@ -21,7 +21,7 @@ from pipeline.evaluation.denoise import (
 )
 from pipeline.io import write_json
 from pipeline.stages.denoise_train import RUN_NAME, denoise_dir, dncnn_path, raw_scene
-from pipeline.tracking import start_run
+from pipeline.tracking import recorded_run_id, start_run
 from pipeline.training.common import device_name, resolve_device
 from pipeline.training.denoiser import (
     RowSplit,
@@ -149,7 +149,10 @@ def run(params: dict) -> dict:
     )
 
     tags = {"stage": "denoise_evaluate", "device": device_name(device)}
-    with start_run(params, manifest["dataset"], RUN_NAME, tags, resume=True) as mlrun:
+    train_run = recorded_run_id(out / "train.json")
+    with start_run(
+        params, manifest["dataset"], RUN_NAME, tags, task="denoising", run_id=train_run
+    ) as mlrun:
         mlrun.log_metrics(
             {
                 f"test_{skey}_{method}_{name}": value

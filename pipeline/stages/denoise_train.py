@@ -89,13 +89,21 @@ def run(params: dict) -> dict:
         "dataset_sha256": manifest["cube"]["sha256"],
         "device": device_name(device),
     }
-    with start_run(params, dataset, RUN_NAME, tags) as mlrun:
+    with start_run(params, dataset, RUN_NAME, tags, task="denoising") as mlrun:
         logged = {
             k: v
             for k, v in flatten(params).items()
             if k.startswith(("denoise.", "dataset.")) or k in ("train.device", "train.amp")
         }
         mlrun.log_params({**logged, "model": RUN_NAME, "n_params": n_params})
+        mlrun.log_dataset(
+            name=dataset,
+            source=str(manifest["cube"].get("source", Path("data/raw") / dataset)),
+            sha256=manifest["cube"]["sha256"],
+            shape=cube.shape,
+            protocol=f"rows 0-{split.train_stop - 1} train, {split.test_start}- test",
+            counts={"train_rows": split.train_stop, "test_rows": cube.shape[0] - split.test_start},
+        )
         log.info(
             "training DnCNN (%d parameters) on rows %d-%d of %s, %s",
             n_params,
@@ -128,6 +136,7 @@ def run(params: dict) -> dict:
             "noisy_val_psnr": result.noisy_val_psnr,
             "train_time_s": result.wall_time_s,
             "train_patches_per_s": result.patches_per_s,
+            "mlflow_run_id": mlrun.run_id,
         }
         save_denoiser(
             ckpt_path,
@@ -159,8 +168,9 @@ def run(params: dict) -> dict:
                 "n_params": n_params,
             }
         )
-        for path in (ckpt_path, out / "train_history.csv", out / "train.json"):
+        for path in (out / "train_history.csv", out / "train.json"):
             mlrun.log_artifact(path)
+        mlrun.log_model(ckpt_path, RUN_NAME, kind="dncnn")
     log.info(
         "DnCNN: validation PSNR %.2f dB (noisy %.2f dB) at epoch %d, %.1f s",
         result.best_val_psnr,

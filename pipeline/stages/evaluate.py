@@ -33,7 +33,7 @@ from pipeline.stages.common import (
     report_dir,
     run_name,
 )
-from pipeline.tracking import start_run
+from pipeline.tracking import recorded_run_id, start_run
 from pipeline.training.checkpoint import check_checkpoint_provenance, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
 
@@ -140,7 +140,8 @@ def run(params: dict, model_name: str, seed: int) -> dict:
 
     tags = {"stage": "evaluate", "model": model_name, "seed": seed, "device": device_name(device)}
     name = run_name(model_name, seed)
-    with start_run(params, data.meta["dataset"], name, tags, resume=True) as mlrun:
+    train_run = recorded_run_id(out / "train.json")
+    with start_run(params, data.meta["dataset"], name, tags, run_id=train_run) as mlrun:
         mlrun.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         for name in (
             "metrics.json",

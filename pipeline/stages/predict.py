@@ -1,4 +1,5 @@
-"""`hsi predict`: a user's own scene through a trained checkpoint and its fitted PCA."""
+"""`hsi predict`: a user's own scene through a trained checkpoint (a file, or a registered MLflow
+model ``models:/NAME/VERSION``) and its fitted PCA."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pipeline.errors import DataError
 from pipeline.evaluation.figures import class_palette, save_map
 from pipeline.evaluation.inference import predict_scene
 from pipeline.io import save_npy
+from pipeline.params import load_params
+from pipeline.tracking import checkpoint_file
 from pipeline.training.checkpoint import load_checkpoint, load_model
 from pipeline.training.common import resolve_device
 
@@ -25,8 +28,10 @@ def run(
     key: str | None = None,
     out: str | None = None,
     device: str = "auto",
+    params: dict | None = None,
 ) -> Path:
-    ckpt = load_checkpoint(checkpoint)
+    with checkpoint_file(checkpoint, params) as path:
+        ckpt = load_checkpoint(path)
     cube = load_cube(cube_path, key)
     pca = PCA.from_arrays(ckpt["pca"])
     where = f"{cube_path}" + (f" (key {key!r})" if key else "")
@@ -68,4 +73,6 @@ def run(
 
 
 def main(params, args) -> None:
-    run(args.checkpoint, args.cube, args.key, args.out, args.device)
+    if params is None and args.checkpoint.startswith("models:/") and Path(args.params).is_file():
+        params = load_params(args.params)  # its tracking.uri names the registry
+    run(args.checkpoint, args.cube, args.key, args.out, args.device, params)

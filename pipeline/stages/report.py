@@ -102,7 +102,7 @@ def run(params: dict) -> dict:
     data = load_prepared(params)
     models, seeds = params["train"]["models"], params["train"]["seeds"]
     baseline = "hybridsn" if "hybridsn" in models else models[0]
-    rows, preds = {}, {}
+    rows, preds, run_ids = {}, {}, []
     for m in models:
         runs = []
         for s in seeds:
@@ -115,6 +115,7 @@ def run(params: dict) -> dict:
             )
             metrics = json.loads((d / "metrics.json").read_text())
             train = json.loads((d / "train.json").read_text())
+            run_ids.append(train.get("mlflow_run_id"))
             preds[(m, s)] = np.load(prediction_path(params, m, s))
             runs.append(
                 {**metrics, **{k: train[k] for k in ("n_params", "train_time_s", "best_epoch")}}
@@ -176,6 +177,7 @@ def run(params: dict) -> dict:
     )
     tags = {"stage": "report", "protocol": protocol}
     with start_run(params, data.meta["dataset"], "report", tags) as mlrun:
+        mlrun.adopt_children(run_ids)
         mlrun.log_params(
             {k: v for k, v in flatten(params).items() if k.startswith(("split.", "pca.", "train."))}
         )

@@ -144,7 +144,7 @@ def run(params: dict) -> dict:
         title=f"{CLASSIFIER}-seed{seed} on {manifest['dataset']}",
     )
     tags = {"stage": "robustness", "classifier": clf_path.name, "device": device_name(device)}
-    with start_run(params, manifest["dataset"], RUN_NAME, tags) as mlrun:
+    with start_run(params, manifest["dataset"], RUN_NAME, tags, task="denoising") as mlrun:
         mlrun.log_params(
             {
                 "robustness_sigmas": ",".join(f"{s:g}" for s in sig),

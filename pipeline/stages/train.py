@@ -19,6 +19,8 @@ from pipeline.training.common import device_name, resolve_device
 
 log = logging.getLogger(__name__)
 
+SPLITS = ("train", "val", "test")
+
 
 def history_csv(history: list[dict]) -> str:
     cols = list(dict.fromkeys(k for row in history for k in row))
@@ -80,6 +82,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
     with start_run(params, data.meta["dataset"], name, tags) as mlrun:
         logged = {k: v for k, v in flatten(params).items() if not k.startswith("denoise.")}
         mlrun.log_params({**logged, "model": model_name, "seed": seed, "n_params": n_params})
+        mlrun.log_prepared(data.meta, params, {k: int(getattr(data, k).sum()) for k in SPLITS})
         log.info("training %s (%d parameters) on %s", name, n_params, device_name(device))
         result = train_classifier(
             model,
@@ -111,6 +114,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
             "train_samples_per_s": result.samples_per_s,
             "train_pixels": int(data.train.sum()),
             "val_pixels": int(data.val.sum()),
+            "mlflow_run_id": mlrun.run_id,
         }
         save_checkpoint(
             ckpt_path,
@@ -137,11 +141,9 @@ def run(params: dict, model_name: str, seed: int) -> dict:
                 "n_params": n_params,
             }
         )
-        for path in (
-            ckpt_path,
-            *(out_dir / f for f in ("history.csv", "curves.png", "train.json")),
-        ):
+        for path in (out_dir / f for f in ("history.csv", "curves.png", "train.json")):
             mlrun.log_artifact(path)
+        mlrun.log_model(ckpt_path, model_name, tags={"seed": seed})
     log.info(
         "%s: best val OA %s at epoch %d, %.1f s",
         name,
