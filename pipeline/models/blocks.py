@@ -7,7 +7,11 @@ squeeze-and-excitation channel attention (Hu et al., CVPR 2018).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
@@ -38,6 +42,59 @@ def fold_spectral(x: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "b c d h w -> b (c d) h w")
 
 
+class PositionBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in tile training, weights each map position like the patch path does.
+
+    In patch training a batch of N patches gives BN the N·k·k positions of their k×k windows at
+    that layer, overlaps counted once per patch. A tile pass sees each position once, so its
+    plain statistics would differ. With a tile mask set (:func:`tile_positions`), each position
+    is weighted by how many selected pixels' windows cover it, which gives exactly the patch
+    path's batch mean, variance and running-average update. Without a mask it is plain BN.
+    State dicts are those of ``nn.BatchNorm2d``.
+    """
+
+    tile_mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.tile_mask is None:
+            return super().forward(x)
+        mask = self.tile_mask.to(x.dtype)
+        kh, kw = x.shape[2] - mask.shape[0] + 1, x.shape[3] - mask.shape[1] + 1
+        ones = torch.ones(1, 1, kh, kw, dtype=x.dtype, device=x.device)
+        count = F.conv2d(mask[None, None], ones, padding=(kh - 1, kw - 1))[0, 0]
+        n = count.sum()
+        mean = torch.einsum("bchw,hw->c", x, count) / n
+        centred = x - mean[None, :, None, None]
+        var = torch.einsum("bchw,hw->c", centred * centred, count) / n
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                unbiased = var.detach() * n / (n - 1).clamp(min=1)
+                self.running_var.mul_(1 - m).add_(m * unbiased)
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+@contextlib.contextmanager
+def tile_positions(model: nn.Module, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, every :class:`PositionBatchNorm2d` of ``model`` weights by ``mask``.
+
+    ``mask`` is the (h, w) count map of the pixels trained in this tile, on the tile's output grid.
+    """
+    norms = [m for m in model.modules() if isinstance(m, PositionBatchNorm2d)]
+    for m in norms:
+        m.tile_mask = mask
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.tile_mask = None
+
+
 class SeparableConv2d(nn.Module):
     """Depthwise k×k conv + BN + ReLU, then pointwise 1×1 conv + BN + ReLU (MobileNet, 2017).
 
@@ -51,9 +108,9 @@ class SeparableConv2d(nn.Module):
         self.depthwise = nn.Conv2d(
             in_channels, in_channels, kernel_size, groups=in_channels, bias=False
         )
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.bn1 = PositionBatchNorm2d(in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = PositionBatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

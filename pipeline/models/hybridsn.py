@@ -6,6 +6,13 @@ P odd — and returns logits (N, C). All layer sizes are derived from (K, P, C);
 hard-coded. Each model is split into a translation-equivariant conv trunk (:meth:`features`) and
 a fully-connected head, so in eval mode the head can also be run as convolutions over a whole
 padded scene (:meth:`forward_dense`), giving every pixel's patch logits in one pass.
+
+For training, each model is also split at its last translation-equivariant layer into a shared
+part (:meth:`shared_features`) and a per-pixel part (:meth:`pixel_head`): :meth:`forward_tile`
+runs the shared part once over a tile's padded window and the per-pixel part on each pixel's
+window of those maps, which equals :meth:`forward` on the pixels' patches (BatchNorm included,
+see :class:`~pipeline.models.blocks.PositionBatchNorm2d`) at a fraction of the cost, because
+neighbouring patches overlap.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ from pipeline.errors import ParamsError
 from pipeline.models.blocks import (
     CONV3D_MIN_DEPTH,
     CONV3D_SPEC,
+    PositionBatchNorm2d,
     SeparableConv2d,
     SqueezeExcite,
     conv3d_trunk,
     conv3d_trunk_depth,
     fold_spectral,
+    tile_positions,
 )
 
 SPATIAL_CONVS = 4
@@ -112,6 +121,20 @@ class HybridSNBase(nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
+    shared_shrink = 2 * SPATIAL_CONVS
+    """Pixels per side that :meth:`shared_features` trims (valid convs): P - this is the window."""
+
+    def shared_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The translation-equivariant part that a tile pass shares between pixels."""
+        return self.features(x)
+
+    def pixel_head(self, windows: torch.Tensor) -> torch.Tensor:
+        """Per-pixel part: shared-feature windows (N, F, w, w) -> logits (N, C)."""
+        x = rearrange(windows, "b c h w -> b (c h w)")
+        x = self.drop1(F.relu(self.fc1(x)))
+        x = self.drop2(F.relu(self.fc2(x)))
+        return self.fc3(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Patches (N, 1, K, P, P) -> logits (N, C)."""
         self._check_input(x, "input")
@@ -120,10 +143,37 @@ class HybridSNBase(nn.Module):
                 f"{self.name}: patches must be {self.patch_size}×{self.patch_size}, "
                 f"got {tuple(x.shape[3:])}"
             )
-        x = rearrange(self.features(x), "b c h w -> b (c h w)")
-        x = self.drop1(F.relu(self.fc1(x)))
-        x = self.drop2(F.relu(self.fc2(x)))
-        return self.fc3(x)
+        return self.pixel_head(self.shared_features(x))
+
+    def forward_tile(
+        self, window: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of pixels of one tile from a single pass of the shared part over its window.
+
+        ``window`` (1, 1, K, h + P - 1, w + P - 1) is the padded cube around an h×w tile;
+        ``rows``/``cols`` are tile-local coordinates (0 ≤ row < h) of the pixels to classify.
+        The result equals :meth:`forward` on those pixels' P×P patches, in train mode too
+        (dropout stays per pixel; BatchNorm weights each position as the patch path would).
+        """
+        self._check_input(window, "tile window")
+        h = window.shape[3] - self.patch_size + 1
+        w = window.shape[4] - self.patch_size + 1
+        if h < 1 or w < 1:
+            raise ValueError(
+                f"{self.name}: tile window {tuple(window.shape[3:])} is smaller than "
+                f"one {self.patch_size}×{self.patch_size} patch"
+            )
+        mask = torch.zeros(h, w, device=window.device)
+        mask.index_put_((rows, cols), torch.ones_like(rows, dtype=mask.dtype), accumulate=True)
+        with tile_positions(self, mask):
+            maps = self.shared_features(window)[0]
+        k = self.patch_size - self.shared_shrink
+        map_w = maps.shape[2]
+        offsets = torch.arange(k, device=maps.device)
+        offsets = (offsets[:, None] * map_w + offsets[None, :]).reshape(-1)
+        index = (rows * map_w + cols)[:, None] + offsets[None, :]
+        windows = maps.flatten(1)[:, index]  # a flat gather: its backward is a cheap scatter-add
+        return self.pixel_head(rearrange(windows, "c n (h w) -> n c h w", h=k))
 
     def forward_dense(self, padded: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
         """Logits of every pixel of a scene in one fully-convolutional pass (eval mode only).
@@ -239,12 +289,21 @@ class HybridSNSE(HybridSN):
         self.config["reduction"] = reduction
         self.se = SqueezeExcite(self.folded_channels, reduction)
 
+    shared_shrink = 2 * (SPATIAL_CONVS - 1)
+
     @property
     def supports_dense(self) -> bool:
         return False
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2d(self.se(fold_spectral(self.conv3d(x))))
+
+    def shared_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Up to the folded 3-D maps: SE's pooling over the window is not equivariant."""
+        return fold_spectral(self.conv3d(x))
+
+    def pixel_head(self, windows: torch.Tensor) -> torch.Tensor:
+        return super().pixel_head(self.conv2d(self.se(windows)))
 
 
 class HybridSN2D3D(HybridSNBase):
@@ -274,7 +333,7 @@ class HybridSN2D3D(HybridSNBase):
         self.conv3d, folded = _conv3d_trunk(self.name, mid_channels, "mid_channels")
         self.conv2d = nn.Sequential(
             nn.Conv2d(bands, mid_channels, 3, bias=False),
-            nn.BatchNorm2d(mid_channels),
+            PositionBatchNorm2d(mid_channels),
             nn.ReLU(inplace=True),
         )
         self._build_head(folded, patch_size - 2 * SPATIAL_CONVS)

@@ -37,13 +37,26 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Filling every new tensor with NaN guards nothing here and cost 13 % of a CPU epoch.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     gen = torch.Generator()
     gen.manual_seed(seed)
     return gen
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (no loss scaling needed); a no-op elsewhere."""
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX) that oneDNN uses."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device, enabled: bool, *, cpu: bool = False):
+    """bf16 autocast on CUDA (no loss scaling needed), and on CPU too when ``cpu`` is set and
+    the CPU has native bf16; a no-op elsewhere. Weights and optimiser state stay fp32."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and cpu and device.type == "cpu" and cpu_bf16_supported():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

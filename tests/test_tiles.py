@@ -1,0 +1,187 @@
+"""Tile training: the shared-trunk tile pass equals the patch path, and the epoch plan is sound."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.data.patches import gather_patches, pad_cube
+from pipeline.models import MODELS, build_model
+from pipeline.training.classifier import (
+    TrainConfig,
+    resolve_batching,
+    tile_plan,
+    tile_side,
+    train_classifier,
+)
+
+K, P, C = 16, 11, 5
+H, W = 23, 19
+
+
+def _loss_and_grads(model, logits, target):
+    model.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(logits, target, reduction="sum")
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return loss.item(), grads
+
+
+# Tiles that touch each scene border and a corner, and one strictly inside.
+TILES = [(0, 9, 0, 8), (14, 23, 11, 19), (0, 23, 5, 13), (6, 17, 0, 19), (5, 12, 4, 11)]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("bounds", TILES)
+def test_tile_pass_equals_patch_path(name, bounds):
+    """Same pixels, same weights, dropout off, fp32: equal loss, gradients and BN statistics."""
+    gen = torch.Generator().manual_seed(hash(bounds) % 2**31)
+    cube = torch.randn(H, W, K, generator=gen)
+    padded = pad_cube(cube, P)
+    tile_model = build_model(name, K, P, C, dropout=0.0).train()
+    patch_model = copy.deepcopy(tile_model)
+    r0, r1, c0, c1 = bounds
+    n = 7
+    rows = torch.randint(r0, r1, (n,), generator=gen)
+    cols = torch.randint(c0, c1, (n,), generator=gen)
+    rows[0], cols[0] = r0, c0  # the tile's corner pixel, at the scene border for most tiles
+    target = torch.randint(0, C, (n,), generator=gen)
+
+    window = padded[:, r0 : r1 + P - 1, c0 : c1 + P - 1][None, None]
+    tile_loss, tile_grads = _loss_and_grads(
+        tile_model, tile_model.forward_tile(window, rows - r0, cols - c0), target
+    )
+    patch_loss, patch_grads = _loss_and_grads(
+        patch_model, patch_model(gather_patches(padded, rows, cols, P)), target
+    )
+    assert tile_loss == pytest.approx(patch_loss, rel=1e-5)
+    for key, g in patch_grads.items():
+        scale = g.abs().max().item() + 1e-12
+        assert (tile_grads[key] - g).abs().max().item() / scale < 1e-4, key
+    for (key, a), (_, b) in zip(
+        tile_model.named_buffers(), patch_model.named_buffers(), strict=True
+    ):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_tile_batchnorm_weights_positions():
+    """Plain BN over a tile's positions differs from the patch path: the weighting is needed."""
+    gen = torch.Generator().manual_seed(3)
+    cube = torch.randn(H, W, K, generator=gen)
+    padded = pad_cube(cube, P)
+    model = build_model("hybridsn_2d3d", K, P, C, dropout=0.0).train()
+    rows, cols = torch.tensor([2, 3, 15]), torch.tensor([4, 4, 10])
+    window = padded[None, None]
+    with torch.no_grad():
+        tile = model.forward_tile(window, rows, cols)
+        patch = model(gather_patches(padded, rows, cols, P))
+        torch.testing.assert_close(tile, patch, rtol=1e-4, atol=1e-5)
+        plain = model.pixel_head(
+            _windows(nn.Module.__call__(_Plain(model), window)[0], rows, cols, P - 8)
+        )
+    assert (plain - patch).abs().max() > 1e-3
+
+
+class _Plain(nn.Module):
+    """The model's shared part with ordinary (unweighted) batch statistics."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.shared_features(x)
+
+
+def _windows(maps, rows, cols, k):
+    view = maps.unfold(1, k, 1).unfold(2, k, 1)
+    return view.permute(1, 2, 0, 3, 4)[rows, cols]
+
+
+@pytest.mark.parametrize("side", [1, 4, 7, 23])
+def test_tile_plan_uses_every_pixel_once(side):
+    gen = torch.Generator().manual_seed(side)
+    mask = torch.rand(H, W, generator=gen) < 0.4
+    rows, cols = (t.long() for t in torch.nonzero(mask, as_tuple=True))
+    for _ in range(3):
+        steps = tile_plan(rows, cols, H, W, side, gen, max_pixels=5)
+        seen = torch.cat([idx for _, idx in steps])
+        assert sorted(seen.tolist()) == list(range(rows.numel()))
+        for (r0, r1, c0, c1), idx in steps:
+            assert 0 < idx.numel() <= 5
+            assert 0 <= r0 < r1 <= H and 0 <= c0 < c1 <= W
+            assert r1 - r0 <= side and c1 - c0 <= side
+            assert ((rows[idx] >= r0) & (rows[idx] < r1)).all()
+            assert ((cols[idx] >= c0) & (cols[idx] < c1)).all()
+
+
+def test_tile_plan_offsets_move():
+    rows, cols = (
+        t.reshape(-1) for t in torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    )
+    gen = torch.Generator().manual_seed(0)
+    firsts = {tile_plan(rows, cols, H, W, 8, gen)[0][0] for _ in range(20)}
+    assert len(firsts) > 3
+
+
+def test_tile_side_follows_density():
+    assert tile_side(100, 100, 100, 100) == 100
+    assert tile_side(10_000, 100, 100, 400) == 20
+    assert tile_side(1, 50, 40, 10_000) == 50
+
+
+def test_resolve_batching():
+    model = build_model("hybridsn", K, P, C)
+    assert resolve_batching(model, "auto") == "tiles"
+    assert resolve_batching(model, "patches") == "patches"
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(K * P * P, C))
+    assert resolve_batching(plain, "auto") == "patches"
+    with pytest.raises(ValueError, match="no tile pass"):
+        resolve_batching(plain, "tiles")
+
+
+def _scene(seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.broadcast_to(1 + (np.arange(W) // 2) % 3, (H, W)).copy()
+    cube = rng.normal(size=(H, W, K)).astype(np.float32)
+    cube += labels[..., None] * 2.0
+    train = rng.random((H, W)) < 0.3
+    val = ~train & (rng.random((H, W)) < 0.3)
+    return cube, labels, train, val
+
+
+def test_tile_training_deterministic_and_learns():
+    cube, labels, train, val = _scene()
+    cfg = TrainConfig(epochs=4, batching="tiles", tile_pixels=40, seed=1, amp=False)
+
+    def fit():
+        torch.manual_seed(0)
+        model = build_model("hybridsn", K, P, 3, dropout=0.2)
+        return train_classifier(model, cube, labels, train, val, cfg, patch_size=P, progress=False)
+
+    a, b = fit(), fit()
+    assert a.batching == "tiles"
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    for key, value in a.state_dict.items():
+        assert torch.equal(value, b.state_dict[key]), key
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+    assert a.best_val_oa > 0.6
+
+
+def test_empty_tiles_are_skipped_never_nan():
+    """One labelled corner: almost every tile is empty, and no step sees zero pixels."""
+    cube, labels, _, _ = _scene()
+    train = np.zeros((H, W), dtype=bool)
+    train[:3, :3] = True
+    cfg = TrainConfig(epochs=3, batching="tiles", tile_pixels=1, seed=0, amp=False)
+    model = build_model("hybridsn_dsc", K, P, 3)
+    result = train_classifier(
+        model, cube, labels, train, np.zeros_like(train), cfg, patch_size=P, progress=False
+    )
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+    assert all(torch.isfinite(v).all() for v in result.state_dict.values() if v.is_floating_point())
