@@ -370,3 +370,139 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         tmp.write_text("half")
         raise RuntimeError
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_report_refuses_an_evaluation_made_on_other_prepared_data(tmp_path, monkeypatch):
+    from pipeline.stages import report
+
+    monkeypatch.chdir(tmp_path)
+    params, _ = _params(tmp_path)
+    cube, labels, split, pca = _scene()
+    _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    model, seed = params["train"]["models"][0], params["train"]["seeds"][0]
+    run = tmp_path / "reports" / "indian_pines" / f"{model}-seed{seed}"
+    run.mkdir(parents=True)
+    old = {"provenance": {"data_fingerprint": "f" * 64}}
+    (run / "classification_report.json").write_text(json.dumps(old))
+    with pytest.raises(
+        DataError, match=rf"fffffffffff.*hsi evaluate --model {model} --seed {seed}"
+    ):
+        report.run(params)
+
+
+def test_prepared_folder_with_a_replaced_array_is_refused(tmp_path, monkeypatch):
+    from pipeline.stages.common import load_prepared
+
+    monkeypatch.chdir(tmp_path)
+    params, _ = _params(tmp_path)
+    cube, labels, split, pca = _scene()
+    d = _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    assert load_prepared(params).meta["fingerprint"]
+    np.save(d / "cube.npy", cube + 1)  # e.g. an interrupted re-`prepare`
+    with pytest.raises(DataError, match="run `hsi prepare`"):
+        load_prepared(params)
+
+
+# --------------------------------------------------------------------------- fetch, custom data
+
+
+def _custom(tmp_path, cube, gt, folder="mine", **extra):
+    src = tmp_path / folder
+    src.mkdir(exist_ok=True)
+    np.save(src / "cube.npy", cube)
+    np.save(src / "gt.npy", gt)
+    return {"cube": str(src / "cube.npy"), "gt": str(src / "gt.npy"), **extra}
+
+
+def _cube_gt(h=6, w=5, bands=8):
+    cube = np.random.default_rng(0).random((h, w, bands)).astype(np.float32)
+    gt = np.zeros((h, w), np.uint8)
+    gt[0, :] = 1
+    gt[2, :] = 10
+    gt[4, :] = 14
+    return cube, gt
+
+
+def test_label_map_with_gaps_is_renumbered_with_names_and_values(tmp_path):
+    from pipeline.data.fetching import fetch_dataset, load_raw
+
+    cube, gt = _cube_gt()
+    out = tmp_path / "raw" / "custom"
+    custom = _custom(tmp_path, cube, gt, class_names=["soil", "corn", "lettuce"])
+    manifest = fetch_dataset("custom", out, custom=custom)
+    assert manifest["class_names"] == ["soil (1)", "corn (10)", "lettuce (14)"]
+    assert manifest["gt"]["label_values"] == [1, 10, 14]
+    _, labels, _ = load_raw(out)
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2, 3]
+    assert (labels[2] == 2).all() and (labels[4] == 3).all()
+    # names for every label 1..max are accepted too; those of absent labels are dropped
+    names = [f"n{i}" for i in range(1, 15)]
+    manifest = fetch_dataset("custom", out, custom=dict(custom, class_names=names))
+    assert manifest["class_names"] == ["n1 (1)", "n10 (10)", "n14 (14)"]
+
+
+def test_no_data_label_value_is_an_error_unless_ignored(tmp_path):
+    from pipeline.data.fetching import fetch_dataset, load_raw
+
+    cube, gt = _cube_gt()
+    gt[5, :2] = 255
+    out = tmp_path / "raw" / "custom"
+    custom = _custom(tmp_path, cube, gt)
+    with pytest.raises(
+        DataError,
+        match=r"label value 255 \(2 pixels\) looks like a no-data.*"
+        r"ignore_labels",
+    ):
+        fetch_dataset("custom", out, custom=custom)
+    assert not out.exists()
+    manifest = fetch_dataset("custom", out, custom=dict(custom, ignore_labels=[255]))
+    assert len(manifest["class_names"]) == 3
+    _, labels, _ = load_raw(out)
+    assert (labels[5, :2] == 0).all()
+
+
+def test_failed_fetch_leaves_the_previous_valid_folder_untouched(tmp_path):
+    from pipeline.data.fetching import fetch_dataset, load_raw
+
+    cube, gt = _cube_gt()
+    out = tmp_path / "raw" / "custom"
+    fetch_dataset("custom", out, custom=_custom(tmp_path, cube, gt))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    nan_cube = cube.copy()
+    nan_cube[1, 2, 3] = np.nan
+    bad_gt = np.zeros((3, 3), np.uint8)
+    for bad in (
+        _custom(tmp_path, nan_cube, gt, "nan"),
+        _custom(tmp_path, cube, bad_gt, "mismatch"),
+    ):
+        with pytest.raises(DataError, match="NaN|does not match"):
+            fetch_dataset("custom", out, custom=bad)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    truncated = tmp_path / "mine" / "cube.npy"
+    np.save(truncated, cube)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(DataError, match="cube.npy"):
+        fetch_dataset(
+            "custom", out, custom={"cube": str(truncated), "gt": str(tmp_path / "mine" / "gt.npy")}
+        )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_raw(out)[0].shape == cube.shape
+    assert [p.name for p in out.parent.iterdir()] == ["custom"]  # no staging folder left
+
+
+def test_flattened_cube_with_nrow_ncol_is_reshaped(tmp_path):
+    import scipy.io
+
+    from pipeline.data.loaders import load_cube
+
+    rows, cols, bands = 4, 3, 5
+    cube = np.arange(rows * cols * bands, dtype=np.float64).reshape(rows, cols, bands)
+    flat = cube.reshape(rows * cols, bands, order="F").T  # bands × pixels, MATLAB column order
+    path = tmp_path / "flat.mat"
+    scipy.io.savemat(path, {"Y": flat, "nRow": rows, "nCol": cols, "nBand": bands})
+    np.testing.assert_array_equal(load_cube(path), cube)
+    scipy.io.savemat(path, {"Y": flat.T, "nRow": rows, "nCol": cols})  # pixels × bands
+    np.testing.assert_array_equal(load_cube(path), cube)
+    scipy.io.savemat(path, {"Y": flat})
+    with pytest.raises(DataError, match=r"flattened cube \(bands × pixels\).*'nRow' and 'nCol'"):
+        load_cube(path, "Y")
