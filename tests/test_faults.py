@@ -506,3 +506,26 @@ def test_flattened_cube_with_nrow_ncol_is_reshaped(tmp_path):
     scipy.io.savemat(path, {"Y": flat})
     with pytest.raises(DataError, match=r"flattened cube \(bands × pixels\).*'nRow' and 'nCol'"):
         load_cube(path, "Y")
+
+
+def test_robustness_refuses_a_classifier_trained_on_other_prepared_data(tmp_path, monkeypatch):
+    from pipeline.data.fetching import fetch_dataset
+    from pipeline.stages import robustness
+
+    monkeypatch.chdir(tmp_path)
+    cube, labels, split, pca = _scene()
+    custom = _custom(tmp_path, cube, labels.astype(np.uint8))
+    fetch_dataset("custom", tmp_path / "data" / "raw" / "custom", custom=custom)
+    params = validate(
+        {
+            "dataset": {"name": "custom", "custom": custom},
+            "train": {"device": "cpu"},
+            "tracking": {"enabled": False},
+        }
+    )
+    _write_prepared(tmp_path, "custom", cube, labels, split, pca)
+    seed = params["train"]["seeds"][0]
+    _classifier_ckpt(tmp_path / "models" / "custom" / f"hybridsn-seed{seed}.pt", "e" * 64)
+    with pytest.raises(DataError, match=rf"eeeeeeeeeeee.*hsi train --model hybridsn --seed {seed}"):
+        robustness.run(params)
+    assert not (tmp_path / "reports").exists()
