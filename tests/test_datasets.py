@@ -413,3 +413,20 @@ def test_custom_keys_match_the_params_schema():
     from pipeline.params import SCHEMA
 
     assert set(SCHEMA["dataset"]["custom"]) == set(CUSTOM_KEYS)
+
+
+def test_load_raw_crops_cube_and_labels(tmp_path):
+    cube = np.random.default_rng(4).random((6, 5, 3)).astype(np.float32)
+    gt = np.ones((6, 5), dtype=np.uint8)
+    np.save(tmp_path / "c.npy", cube)
+    np.save(tmp_path / "g.npy", gt)
+    out = tmp_path / "out"
+    fetch_dataset(
+        "custom", out, custom={"cube": str(tmp_path / "c.npy"), "gt": str(tmp_path / "g.npy")}
+    )
+    c, g, _ = load_raw(out, [1, 4, 2, 5])
+    np.testing.assert_array_equal(c, cube[1:4, 2:5])
+    assert g.shape == (3, 3)
+    assert load_raw(out, None)[0].shape == (6, 5, 3)
+    with pytest.raises(DataError, match=r"'dataset.crop' = \[6, 9, 0, 2\] leaves nothing"):
+        load_raw(out, [6, 9, 0, 2])

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,14 @@ def load_manifest(out_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def load_raw(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Load ``(cube H×W×B, gt H×W integer, manifest)`` from a fetched dataset folder."""
+def load_raw(
+    out_dir: str | os.PathLike, crop: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Load ``(cube H×W×B, gt H×W integer, manifest)`` from a fetched dataset folder.
+
+    ``crop`` = ``[row0, row1, col0, col1]`` (``dataset.crop``) cuts both to that window, the
+    one place the pipeline crops a scene.
+    """
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir)
     cube = load_cube(out_dir / manifest["cube"]["file"], manifest["cube"].get("key"))
@@ -209,6 +215,14 @@ def load_raw(out_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
             f"{out_dir}: cube {cube.shape} / gt {gt.shape} do not match the manifest shape "
             f"{tuple(manifest['shape'])}; fetch the dataset again"
         )
+    if crop:
+        r0, r1, c0, c1 = (int(v) for v in crop)
+        cube, gt = cube[r0:r1, c0:c1], gt[r0:r1, c0:c1]
+        if gt.size == 0:
+            raise DataError(
+                f"'dataset.crop' = {list(crop)} leaves nothing of the {tuple(manifest['shape'][:2])} "
+                f"scene in {out_dir}"
+            )
     return cube, gt, manifest
 
 

@@ -1,8 +1,10 @@
-"""What the stages share: every output path, the crop, and loading raw or prepared data.
+"""What the stages share: every output path, and loading the prepared data.
 
 Paths are built here and nowhere else, so ``dvc.yaml`` and the code name the same files:
 ``data/raw/<dataset>/``, ``data/prepared/<dataset>/``, ``models/<dataset>/`` and
-``reports/<dataset>/``. The core (data, models, training, evaluation) knows none of this.
+``reports/<dataset>/``. The core (data, models, training, evaluation) knows none of this. The
+raw scene, cropped by ``dataset.crop``, is ``load_raw(raw_dir(params), params["dataset"]["crop"])``
+(:func:`pipeline.data.fetching.load_raw`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.fetching import load_raw
 from pipeline.errors import DataError
 
 DATA = Path("data")
@@ -59,25 +60,6 @@ def denoise_dir(params: dict) -> Path:
 
 def robustness_dir(params: dict) -> Path:
     return report_dir(params) / "robustness"
-
-
-def crop(params: dict, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``arrays`` (each H×W or H×W×B) cut to ``dataset.crop`` = [row0, row1, col0, col1]."""
-    box = params["dataset"]["crop"]
-    if not box:
-        return arrays
-    r0, r1, c0, c1 = box
-    out = tuple(a[r0:r1, c0:c1] for a in arrays)
-    if out and (out[0].shape[0] == 0 or out[0].shape[1] == 0):
-        raise DataError(f"'dataset.crop' = {box} leaves nothing of a {arrays[0].shape[:2]} scene")
-    return out
-
-
-def raw_scene(params: dict) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``(cube H×W×B as stored, labels H×W, manifest)`` of the fetched scene, cropped."""
-    cube, gt, manifest = load_raw(raw_dir(params))
-    cube, gt = crop(params, cube, gt)
-    return cube, gt, manifest
 
 
 def history_csv(history: list[dict]) -> str:

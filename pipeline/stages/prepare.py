@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.fetching import load_raw
 from pipeline.data.loaders import resolve_key
 from pipeline.data.pca import fit_pca
 from pipeline.data.splits import make_split, split_summary
 from pipeline.errors import DataError
 from pipeline.evaluation.figures import false_colour, save_split_png
 from pipeline.io import save_npy, save_npz, write_json
-from pipeline.stages.common import prepared_dir, raw_dir, raw_scene
+from pipeline.stages.common import prepared_dir, raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def run(params: dict) -> dict:
     out = prepared_dir(params)
     if params["dataset"]["name"] == "custom":
         check_custom_keys(params["dataset"]["custom"])
-    cube, gt, manifest = raw_scene(params)
+    cube, gt, manifest = load_raw(src, params["dataset"]["crop"])
     check_scene(cube, gt, manifest, src)
     labels = gt.astype(np.int64)
 
