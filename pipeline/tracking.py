@@ -33,6 +33,9 @@ from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# No usage reports to the MLflow vendor (and no network timeouts offline) unless asked for.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 DB_NAME = "mlflow.db"
 TASKS = ("classification", "denoising")
 FLAVOR = "hsi_checkpoint"
