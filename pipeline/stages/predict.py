@@ -59,7 +59,7 @@ def run(
         pred.labels,
         names,
         title=f"{stem}: {ckpt['model_config']['name']}",
-        palette=class_palette(len(names)),
+        palette=class_palette(len(names), ckpt["meta"].get("palette")),
     )
     log.info(
         "map of %s (%d×%d) written to %s in %.2f s (%s)",
