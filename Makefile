@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test test-fast lint format bench clean-venv
+.PHONY: install repro test test-fast lint format bench clean-venv compare
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 # The stages call `hsi`, so the venv's bin goes first on PATH.
 repro: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# Variants × seeds of every DVC experiment: model, seed, protocol, OA, AA, kappa, training time.
+compare: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/compare.py
 
 test: install
 	$(BIN)/python -m pytest -q
