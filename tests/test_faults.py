@@ -221,6 +221,9 @@ def test_resume_state_write_interrupted_keeps_previous(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_state(path, fingerprint="fp")["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
+    (tmp_path / ".s.pt.k9left.tmp.pt").write_bytes(b"")  # what kill -9 mid-write leaves
+    save_state(path, {"epoch": 2}, fingerprint="fp")
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]
 
 
 def test_resume_state_refuses_values_weights_only_cannot_load(tmp_path):

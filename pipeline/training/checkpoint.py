@@ -98,6 +98,10 @@ def _numpy(obj: Any) -> Any:
 
 
 def _save(path: str | os.PathLike, payload: dict) -> None:
+    path = Path(path)
+    # temp files of a writer killed with -9 (only one run writes a given checkpoint or state)
+    for stale in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
+        stale.unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
