@@ -532,3 +532,25 @@ def test_robustness_refuses_a_classifier_trained_on_other_prepared_data(tmp_path
     with pytest.raises(DataError, match=rf"eeeeeeeeeeee.*hsi train --model hybridsn --seed {seed}"):
         robustness.run(params)
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "data/raw/custom/cube.mat",
+        "data/prepared/custom/cube.npy",
+        "models/custom/train.json",
+        "reports/custom/report.json",
+        "data/raw/.indian_pines.fetching-123-ab/x.npy",
+    ],
+)
+def test_outputs_of_a_custom_dataset_are_ignored_by_git(path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=root)
+    assert proc.returncode == 0, f"{path} is not ignored by git"
