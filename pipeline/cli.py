@@ -39,9 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--key", default=None, help="array key inside a .mat (auto-detected if unique)")
     s.add_argument("--out", default=None, help="output folder (default: beside the cube)")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    sub.add_parser("denoise_train", help="train the DnCNN band denoiser")
-    sub.add_parser("denoise_evaluate", help="MPSNR/MSSIM/SAM of DnCNN vs baselines")
-    sub.add_parser("robustness", help="classification OA vs noise level, with and without DnCNN")
+    s = sub.add_parser("denoise_train", help="train a denoiser of denoise.models")
+    s.add_argument("--model", default=None, help="one of denoise.models (default: each in turn)")
+    sub.add_parser("denoise_evaluate", help="MPSNR/MSSIM/SAM of the denoisers vs baselines")
+    sub.add_parser("robustness", help="classification OA vs noise level, with and without denoising")
     return p
 
 

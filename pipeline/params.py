@@ -18,6 +18,7 @@ import yaml
 from pipeline.data.registry import DATASETS
 from pipeline.errors import ParamsError
 from pipeline.models import MODELS
+from pipeline.models.denoisers import DENOISERS
 
 MODEL_NAMES = tuple(MODELS)
 DATASET_NAMES = (*DATASETS, "custom")
@@ -114,6 +115,11 @@ def _opt_rgb(v):
     ):
         return None
     return "must be null or a list of 3 band indices (red, green, blue)"
+
+
+def _even(v):
+    err = _num(0, integer=True)(v)
+    return err or (None if v % 2 == 0 else "must be even (half the neighbours on each side)")
 
 
 def _sigmas(v):
@@ -217,19 +223,25 @@ SCHEMA: dict[str, Any] = {
         "strip_rows": Field(256, _num(1, integer=True)),
     },
     "denoise": {
-        "depth": Field(17, _num(3, integer=True)),
-        "channels": Field(64, _num(1, integer=True)),
+        "models": Field(list(DENOISERS), _names_list(tuple(DENOISERS))),
+        "depth": Field(10, _num(3, integer=True)),
+        "channels": Field(32, _num(1, integer=True)),
+        "rank": Field(None, _num(1, integer=True, optional=True)),
+        "spectral_k": Field(24, _even),
         "sigma": Field(30, _num(0)),
-        "blind": Field(False, _bool),
-        "sigma_range": Field([10, 50], _sigmas),
+        "blind": Field(True, _bool),
+        "sigma_range": Field([0, 55], _sigmas),
         "patch_size": Field(40, _num(8, integer=True)),
-        "batch_size": Field(128, _num(1, integer=True)),
-        "epochs": Field(30, _num(1, integer=True)),
-        "steps_per_epoch": Field(100, _num(1, integer=True)),
+        "batch_size": Field(16, _num(1, integer=True)),
+        "epochs": Field(20, _num(1, integer=True)),
+        "steps_per_epoch": Field(50, _num(1, integer=True)),
         "lr": Field(1e-3, _num(0, lo_open=True)),
+        "early_stopping": Field(5, _num(0, integer=True)),
         "test_fraction": Field(0.3, _num(0, 1, lo_open=True, hi_open=True)),
         "eval_sigmas": Field([10, 30, 50], _sigmas),
         "robustness_sigmas": Field([0, 10, 30, 50], _sigmas),
+        "robustness_model": Field("hybridsn", _one_of(*MODEL_NAMES)),
+        "robustness_seed": Field(0, _num(0, integer=True)),
         "seed": Field(0, _num(0, integer=True)),
     },
     "tracking": {

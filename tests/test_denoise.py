@@ -1,5 +1,6 @@
-"""Denoising metrics against hand computations and skimage, the baselines, cube inference, and the
-three denoising stages end to end on a 40×40 crop of Indian Pines."""
+"""Denoising metrics against hand computations and skimage, the baselines (Gaussian, BM3D, PCA
+projection, subspace + 2-D denoiser), cube inference of every denoiser, and the three denoising
+stages end to end on a 40×40 crop of Indian Pines."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline.evaluation import denoise as dn
 from pipeline.models.dncnn import DnCNN
+from pipeline.models.dncnn_spectral import DnCNNSpectral
+from pipeline.models.dncnn_subspace import DnCNNSubspace
 from pipeline.params import validate
-from pipeline.training.denoiser import add_noise, load_denoiser, row_split
+from pipeline.training.denoise_data import add_noise, fit_subspace, row_split
+from pipeline.training.denoiser import load_denoiser
+
+MODELS = ["dncnn_subspace", "dncnn_spectral", "dncnn"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -117,10 +123,73 @@ def test_denoise_cube_runs_each_band_through_the_model(batch_bands):
     torch.manual_seed(0)
     model = DnCNN(depth=3, channels=4).eval()
     cube = smooth_cube(10, 12, bands=5)
-    out = dn.denoise_cube(model, cube, batch_bands=batch_bands)
+    out = dn.denoise_cube(model, cube, batch_bands=batch_bands, amp=False)
     with torch.no_grad():
         ref = model(torch.from_numpy(np.moveaxis(cube, -1, 0)[:, None].copy()))[:, 0]
     np.testing.assert_allclose(out, np.moveaxis(ref.numpy(), 0, -1), rtol=1e-5, atol=1e-6)
+
+
+def low_rank_cube(h=30, w=26, bands=12, rank=3, seed=0) -> np.ndarray:
+    """Spectra that are exact mixtures of ``rank`` endmembers: an exactly rank-``rank`` cube
+    (after centring, rank - 1 ... rank)."""
+    rng = np.random.default_rng(seed)
+    abund = rng.dirichlet(np.ones(rank), size=h * w)
+    ends = rng.uniform(0.1, 0.9, size=(rank, bands))
+    return (abund @ ends).reshape(h, w, bands).astype(np.float32)
+
+
+def test_pca_projection_recovers_an_exactly_low_rank_cube():
+    clean = low_rank_cube()
+    sub = fit_subspace(clean)
+    assert sub.eigvals[3:].max() < 1e-10 * sub.eigvals[0]
+    np.testing.assert_allclose(dn.pca_denoise(clean, sub, 3), clean, atol=1e-5)
+    assert dn.mpsnr(clean, dn.pca_denoise(clean, sub, 1)) < 40
+    noisy = add_noise(clean, 30, 0)
+    rank, scores = dn.choose_rank(clean, noisy, sub)
+    assert rank in (2, 3) and len(scores) == 12
+    assert dn.mpsnr(clean, dn.pca_denoise(noisy, sub, rank)) > dn.mpsnr(clean, noisy) + 4
+
+
+def smooth_mixture(h=48, w=48, bands=12, rank=4, seed=0) -> np.ndarray:
+    """Spatially smooth abundances of ``rank`` endmembers: low-rank and smooth, as a scene."""
+    fields = smooth_cube(h, w, bands=rank, seed=seed) * 4
+    abund = np.exp(fields) / np.exp(fields).sum(-1, keepdims=True)
+    ends = np.random.default_rng(seed).uniform(0.1, 0.9, size=(rank, bands))
+    return (abund @ ends).astype(np.float32)
+
+
+def test_subspace_baseline_is_tuned_on_training_rows_and_beats_pca():
+    clean = smooth_mixture()
+    split = row_split(48, 0.3)
+    train, test = clean[split.train], clean[split.test]
+    sub = fit_subspace(train)
+    noisy_train, noisy = add_noise(train, 30, 0), add_noise(test, 30, 1)
+    pca = dn.tune_baseline("pca", train, noisy_train, sub, 30)
+    fast = dn.tune_baseline("subspace", train, noisy_train, sub, 30)
+    assert fast["denoiser"] in ("gaussian", "bm3d")
+    assert all(how in ("drop", "gaussian", "bm3d") for how, _ in fast["plan"])
+    out_pca = dn.apply_baseline("pca", noisy, pca, sub, 30)
+    out_fast = dn.apply_baseline("subspace", noisy, fast, sub, 30)
+    assert dn.mpsnr(test, out_fast) > dn.mpsnr(test, out_pca) > dn.mpsnr(test, noisy)
+    zero = dn.tune_baseline("pca", train, train, sub, 0)
+    assert zero["rank"] >= 4  # no noise: the projection keeps all the signal
+
+
+def test_denoise_cube_of_the_spectral_models_matches_the_model():
+    torch.manual_seed(0)
+    cube = smooth_cube(10, 12, bands=6)
+    sub = fit_subspace(cube)
+    subspace = DnCNNSubspace(depth=3, channels=4, bands=6, rank=3).eval()
+    subspace.set_subspace(sub.mean, sub.basis, sub.eigvals)
+    with torch.no_grad():
+        ref = subspace(torch.from_numpy(cube)).numpy()
+    np.testing.assert_allclose(dn.denoise_cube(subspace, cube, amp=False), ref, atol=1e-5)
+    spectral = DnCNNSpectral(depth=3, channels=4, k=2).eval()
+    out = dn.denoise_cube(spectral, cube, batch_bands=4, amp=False)
+    planes = torch.from_numpy(np.moveaxis(cube, -1, 0).copy())
+    with torch.no_grad():
+        band2 = spectral(planes[[2, 1, 3]][None])[0, 0].numpy()
+    np.testing.assert_allclose(out[..., 2], band2, atol=1e-5)
 
 
 # --- the three stages, end to end -------------------------------------------------------------
@@ -147,6 +216,7 @@ def stage_run(tmp_path_factory):
             "denoise": {
                 "depth": 3,
                 "channels": 8,
+                "spectral_k": 4,
                 "patch_size": 16,
                 "batch_size": 8,
                 "epochs": 2,
@@ -162,7 +232,7 @@ def stage_run(tmp_path_factory):
         prepare.run(params)
         train.run(params, "hybridsn", 0)
         out = {
-            "train": denoise_train.run(params),
+            "train": {name: denoise_train.run(params, name) for name in MODELS},
             "evaluate": denoise_evaluate.run(params),
             "robustness": robustness.run(params),
         }
@@ -173,24 +243,24 @@ def stage_run(tmp_path_factory):
 
 def test_denoise_train_outputs(stage_run):
     root, _, out = stage_run
-    summary = out["train"]
-    assert summary["split"] == {
-        "height": 40,
-        "train_rows": [0, 24],
-        "test_rows": [28, 40],
-        "gap_rows": 4,
-    }
-    model, ckpt = load_denoiser(root / "models/indian_pines/dncnn.pt")
-    assert model.config == {"depth": 3, "channels": 8, "in_channels": 1}
-    assert ckpt["band_min"].shape == ckpt["band_max"].shape == (200,)
-    assert ckpt["noise"] == {"sigma": 30.0, "blind": False, "sigma_range": [10.0, 50.0]}
-    assert ckpt["meta"]["shape"] == [40, 40, 200]
-    with open(root / "reports/indian_pines/denoise/train_history.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [1, 2] and "val_psnr" in rows[0]
-    assert json.loads((root / "reports/indian_pines/denoise/train.json").read_text())[
-        "best_epoch"
-    ] in (0, 1, 2)
+    for name in MODELS:
+        summary = out["train"][name]
+        assert summary["split"] == {
+            "height": 40,
+            "train_rows": [0, 24],
+            "test_rows": [28, 40],
+            "gap_rows": 4,
+        }
+        model, ckpt = load_denoiser(root / f"models/indian_pines/denoisers/{name}.pt")
+        assert model.name == name and ckpt["model_config"]["model"] == name
+        assert ckpt["band_min"].shape == ckpt["band_max"].shape == (200,)
+        assert ckpt["noise"] == {"sigma": 30.0, "blind": True, "sigma_range": [0.0, 55.0]}
+        assert ckpt["meta"]["shape"] == [40, 40, 200]
+        with open(root / f"reports/indian_pines/denoise/{name}/train_history.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["epoch"]) for r in rows] == [1, 2] and "val_psnr" in rows[0]
+        train_json = root / f"reports/indian_pines/denoise/{name}/train.json"
+        assert json.loads(train_json.read_text())["best_epoch"] in (0, 1, 2)
 
 
 def test_denoise_evaluate_outputs(stage_run):
@@ -200,14 +270,25 @@ def test_denoise_evaluate_outputs(stage_run):
     assert metrics == out["evaluate"]
     assert set(metrics) == {"sigma10", "sigma30"}
     for by_method in metrics.values():
-        assert set(by_method) == {"noisy", "gaussian", "dncnn"}
+        assert set(by_method) == {"noisy", "gaussian", "pca", "subspace", *MODELS}
         assert by_method["gaussian"]["mpsnr"] > by_method["noisy"]["mpsnr"]
+        assert by_method["pca"]["mpsnr"] > by_method["noisy"]["mpsnr"]
         for scores in by_method.values():
             assert {"mpsnr", "mssim", "sam"} <= set(scores)
     assert metrics["sigma30"]["noisy"]["mpsnr"] == pytest.approx(20 * math.log10(255 / 30), 0.02)
     evaluation = json.loads((report / "evaluation.json").read_text())
     assert evaluation["bm3d"] == {"available": False, "note": "disabled in this test"}
+    assert evaluation["best_baseline"] in ("gaussian", "pca", "subspace")
+    assert set(evaluation["models"]) == set(MODELS)
     assert (report / "comparison.png").stat().st_size > 5000
+
+
+def _scored(root):
+    prepared = root / "data/prepared/indian_pines"
+    labels, test = np.load(prepared / "labels.npy"), np.load(prepared / "split.npz")["test"]
+    scored = test.copy()
+    scored[:28] = False  # the denoisers' training and gap rows
+    return labels, scored
 
 
 def test_robustness_outputs(stage_run):
@@ -215,19 +296,28 @@ def test_robustness_outputs(stage_run):
     report = root / "reports/indian_pines/robustness"
     with open(report / "oa_vs_sigma.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["sigma", "oa_noisy", "oa_denoised"]
-    assert [float(r["sigma"]) for r in rows] == [0.0, 30.0]
-    assert all(0 <= float(r[k]) <= 1 for r in rows for k in ("oa_noisy", "oa_denoised"))
-    evaluated = json.loads((root / "reports/indian_pines/hybridsn-seed0/train.json").read_text())
-    assert evaluated["model"] == "hybridsn"
     summary = json.loads((report / "oa_vs_sigma.json").read_text())
+    baseline = summary["best_baseline"]
+    assert list(rows[0]) == [
+        "sigma",
+        "oa_noisy",
+        "oa_denoised",
+        f"oa_baseline_{baseline}",
+        *(f"oa_{m}" for m in MODELS),
+    ]
+    assert [float(r["sigma"]) for r in rows] == [0.0, 30.0]
+    assert all(0 <= float(v) <= 1 for r in rows for v in r.values() if v)
     assert summary["rows"] == out["robustness"]["rows"]
-    assert summary["n_test"] > 0
+    assert rows[0]["oa_denoised"] == rows[0][f"oa_{summary['oa_denoised_is']}"]
+    _, scored = _scored(root)
+    assert summary["n_scored"] == int(scored.sum()) > 0
+    assert summary["n_scored"] < summary["n_test"]
     assert (report / "oa_vs_sigma.png").stat().st_size > 5000
 
 
 def test_robustness_at_sigma_zero_matches_the_prepared_cube(stage_run):
-    """Without noise the classifier sees exactly the cube `evaluate` would: same OA."""
+    """Without noise the classifier sees exactly the cube `evaluate` would: same OA on the test
+    pixels of the held-out rows."""
     root, params, out = stage_run
     from pipeline.evaluation.inference import predict_scene
     from pipeline.stages.common import checkpoint_path
@@ -236,6 +326,16 @@ def test_robustness_at_sigma_zero_matches_the_prepared_cube(stage_run):
     prepared = root / "data/prepared/indian_pines"
     ckpt = load_checkpoint(root / checkpoint_path(params, "hybridsn", 0))
     pred = predict_scene(load_model(ckpt), np.load(prepared / "cube.npy"), 11)
-    labels, test = np.load(prepared / "labels.npy"), np.load(prepared / "split.npz")["test"]
-    oa = float(np.mean(pred.labels[test] == labels[test]))
+    labels, scored = _scored(root)
+    oa = float(np.mean(pred.labels[scored] == labels[scored]))
     assert out["robustness"]["rows"][0]["oa_noisy"] == pytest.approx(oa)
+
+
+def test_robustness_takes_its_classifier_from_params(stage_run):
+    root, params, _ = stage_run
+    from pipeline.errors import ParamsError
+    from pipeline.stages import robustness
+
+    bad = {**params, "denoise": {**params["denoise"], "robustness_seed": 7}}
+    with pytest.raises(ParamsError, match="robustness_seed"):
+        robustness.run(bad)

@@ -1,9 +1,11 @@
-"""Denoising quality (PSNR, MPSNR, MSSIM, SAM), the Gaussian-filter and BM3D baselines, and
-band-by-band DnCNN inference over a whole (H, W, B) cube.
+"""Denoising quality (PSNR, MPSNR, MSSIM, SAM), the baselines (Gaussian filter, band-wise BM3D,
+low-rank PCA projection, subspace + 2-D denoiser) and the denoisers' inference over a whole
+(H, W, B) cube.
 
-Cubes are in the per-band [0, 1] domain of :mod:`pipeline.training.denoiser`, so the PSNR/SSIM
+Cubes are in the per-band [0, 1] domain of :mod:`pipeline.training.denoise_data`, so the PSNR/SSIM
 peak (``data_range``) is 1. MPSNR and MSSIM average the per-band scores, as in the HSI denoising
-literature; SAM is the mean spectral angle over pixels, in degrees.
+literature; SAM is the mean spectral angle over pixels, in degrees. Everything a baseline tunes
+(filter width, rank) is chosen on the training rows, never on the held-out ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.io import atomic_path
+from pipeline.models.dncnn_spectral import DnCNNSpectral, neighbour_bands
+from pipeline.models.dncnn_subspace import DnCNNSubspace
 from pipeline.training.common import autocast
+from pipeline.training.denoise_data import Subspace, eigen_images
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
@@ -31,6 +36,10 @@ GAUSSIAN_GRID = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 """Spatial σ (pixels) tried by :func:`tune_gaussian`; 0 leaves the input as it is."""
 
 PIXELS_PER_BATCH = 1 << 20
+SUBSPACE_RANK_SIGMA = 10.0
+"""The subspace baseline considers the eigen-images whose training-row variance exceeds the noise
+variance at σ = 10/255 (the same rule as ``dncnn_subspace``); each one is then kept, filtered or
+dropped as the training rows say."""
 
 
 def _pair(clean, est) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +171,84 @@ def bm3d_denoise(cube, sigma: float, *, progress: bool = False) -> np.ndarray:
     return out
 
 
+def pca_denoise(noisy, sub: Subspace, rank: int) -> np.ndarray:
+    """Low-rank projection: the spectra projected onto the first ``rank`` eigenvectors."""
+    basis = sub.basis[:, :rank]
+    return (sub.mean + eigen_images(noisy, sub, rank).astype(np.float64) @ basis.T).astype(
+        np.float32
+    )
+
+
+def choose_rank(clean, noisy, sub: Subspace) -> tuple[int, list[float]]:
+    """The rank whose projection of ``noisy`` has the highest MPSNR against ``clean`` (call it
+    on the training rows), and the MPSNR of every rank 1 … B (adding one component at a time)."""
+    clean = np.asarray(clean, np.float64)
+    z = eigen_images(noisy, sub).astype(np.float64)
+    est = np.broadcast_to(sub.mean, clean.shape).copy()
+    scores = []
+    for r in range(sub.basis.shape[1]):
+        est += z[..., r : r + 1] * sub.basis[:, r]
+        scores.append(mpsnr(clean, est))
+    return int(np.argmax(scores)) + 1, scores
+
+
+def _denoise_plane(plane: np.ndarray, how: str, width: float, sigma: float) -> np.ndarray:
+    if how == "drop":
+        return np.zeros_like(plane)
+    if how == "bm3d":
+        import bm3d
+
+        return bm3d.bm3d(plane, sigma_psd=sigma / 255.0).astype(np.float32)
+    return gaussian_denoise(plane[..., None], width)[..., 0]
+
+
+def tune_subspace(clean, noisy, sub: Subspace, rank: int, sigma: float, use_bm3d: bool) -> list:
+    """Per eigen-image ``k < rank`` of the training rows: ``("bm3d"|"gaussian", width)`` or
+    ``("drop", 0)``, whichever is closest to the clean eigen-image (Gaussian widths from
+    :data:`GAUSSIAN_GRID`, BM3D when installed)."""
+    zc, zn = eigen_images(clean, sub, rank), eigen_images(noisy, sub, rank)
+    plan = []
+    for k in range(rank):
+        options = [("drop", 0.0)] + [("gaussian", float(g)) for g in GAUSSIAN_GRID]
+        if use_bm3d and sigma > 0:
+            options.append(("bm3d", 0.0))
+        errs = [
+            float(np.mean((_denoise_plane(zn[..., k], how, w, sigma) - zc[..., k]) ** 2))
+            for how, w in options
+        ]
+        plan.append(options[int(np.argmin(errs))])
+    return plan
+
+
+def subspace_denoise(noisy, sub: Subspace, plan: list, sigma: float) -> np.ndarray:
+    """FastHyDe (Zhuang & Bioucas-Dias, IEEE JSTARS 2018): project onto the first ``len(plan)``
+    eigenvectors, denoise each eigen-image as ``plan`` says (:func:`tune_subspace`), project
+    back."""
+    rank = len(plan)
+    z = eigen_images(noisy, sub, rank)
+    for k, (how, width) in enumerate(plan):
+        z[..., k] = _denoise_plane(z[..., k], how, width, sigma)
+    return (sub.mean + z.astype(np.float64) @ sub.basis[:, :rank].T).astype(np.float32)
+
+
+@torch.inference_mode()
+def _run_planes(net, planes: torch.Tensor, table: np.ndarray, device, amp, step, progress):
+    """``net`` over every row of ``table`` (the input planes of one output plane): (U, H, W)."""
+    out = torch.empty((len(table), *planes.shape[1:]), dtype=torch.float32)
+    net = net.to(device).eval()
+    idx = torch.as_tensor(table, dtype=torch.long)
+    for start in tqdm(
+        range(0, len(table), step), desc=net.name, unit="batch", disable=not progress
+    ):
+        x = planes[idx[start : start + step]].to(device)
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp, cpu=True):
+            y = net(x)
+        out[start : start + step] = y[:, 0].float().cpu()
+    return out
+
+
 @torch.inference_mode()
 def denoise_cube(
     model: nn.Module,
@@ -172,24 +259,30 @@ def denoise_cube(
     amp: bool = True,
     progress: bool = False,
 ) -> np.ndarray:
-    """Run ``model`` on every band of an (H, W, B) cube as a grayscale image; float32 (H, W, B).
+    """Denoise an (H, W, B) cube with a ``dncnn`` (each band alone), ``dncnn_spectral`` (each band
+    with its neighbours) or ``dncnn_subspace`` (the leading eigen-images) model; float32 (H, W, B).
 
-    Bands go through in batches of ``batch_bands`` (default: as many as fit in about 1 M pixels,
-    at least one), with bf16 autocast on CUDA when ``amp``.
+    Planes go through in batches of ``batch_bands`` (default: as many as fit in about 1 M
+    pixels, at least one), with bf16 autocast on CUDA and bf16-capable CPUs when ``amp``.
     """
     device = torch.device(device)
     cube = np.asarray(cube, dtype=np.float32)
     h, w, bands = cube.shape
     step = batch_bands or max(1, PIXELS_PER_BATCH // (h * w))
-    model = model.to(device).eval()
+    if isinstance(model, DnCNNSubspace):
+        model = model.to("cpu")
+        z = model.eigen_images(torch.from_numpy(cube).double().to(model.basis.dtype))
+        head = z[..., : model.rank].permute(2, 0, 1).float().contiguous()
+        rows = np.arange(model.rank)[:, None]
+        out = _run_planes(model.denoiser, head, rows, device, amp, step, progress)
+        den = model.reconstruct(out.permute(1, 2, 0).to(z.dtype), z)
+        return den.float().numpy()
     planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(cube, -1, 0)))
-    out = torch.empty_like(planes)
-    starts = range(0, bands, step)
-    for start in tqdm(starts, desc="dncnn", unit="batch", disable=not progress):
-        x = planes[start : start + step, None].to(device)
-        with autocast(device, amp):
-            y = model(x)
-        out[start : start + step] = y[:, 0].float().cpu()
+    if isinstance(model, DnCNNSpectral):
+        table = neighbour_bands(bands, model.config["k"])
+    else:
+        table = np.arange(bands)[:, None]
+    out = _run_planes(model, planes, table, device, amp, step, progress)
     return np.moveaxis(out.numpy(), 0, -1)
 
 
@@ -241,3 +334,35 @@ def save_comparison_png(
         fig.suptitle(title, fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=150, facecolor="white")
+
+
+def tune_baseline(name: str, clean_train, noisy_train, sub: Subspace, sigma: float) -> dict:
+    """The settings of baseline ``name`` chosen on the training rows at noise ``sigma``:
+    ``gaussian`` {width}, ``bm3d`` {}, ``pca`` {rank}, ``subspace`` {rank, plan}."""
+    if name == "gaussian":
+        width, grid = tune_gaussian(clean_train, noisy_train)
+        return {"width": width, "train_mpsnr": grid}
+    if name == "bm3d":
+        return {}
+    if name == "pca":
+        rank, scores = choose_rank(clean_train, noisy_train, sub)
+        return {"rank": rank, "train_mpsnr": scores[rank - 1]}
+    if name == "subspace":
+        use_bm3d = bm3d_status()[0]
+        rank = sub.rank_for(SUBSPACE_RANK_SIGMA)
+        plan = tune_subspace(clean_train, noisy_train, sub, rank, sigma, use_bm3d)
+        return {"rank": rank, "plan": plan, "denoiser": "bm3d" if use_bm3d else "gaussian"}
+    raise ValueError(f"unknown baseline {name!r}")
+
+
+def apply_baseline(name: str, noisy, setting: dict, sub: Subspace, sigma: float) -> np.ndarray:
+    """Baseline ``name`` with the ``setting`` of :func:`tune_baseline` on a noisy cube."""
+    if name == "gaussian":
+        return gaussian_denoise(noisy, setting["width"])
+    if name == "bm3d":
+        return bm3d_denoise(noisy, sigma) if sigma > 0 else np.asarray(noisy, np.float32).copy()
+    if name == "pca":
+        return pca_denoise(noisy, sub, setting["rank"])
+    if name == "subspace":
+        return subspace_denoise(noisy, sub, setting["plan"], sigma)
+    raise ValueError(f"unknown baseline {name!r}")

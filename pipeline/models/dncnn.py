@@ -3,8 +3,10 @@ CNN for Image Denoising", IEEE TIP 26(7), 2017), laid out as SaoYan's DnCNN-PyTo
 
 Conv+ReLU, then (Conv without bias + BatchNorm + ReLU) × (depth − 2), then Conv; all 3×3 with
 padding 1, so the output has the input's size. The network predicts the noise and
-:meth:`DnCNN.forward` returns ``x − noise`` (residual learning). A hyperspectral cube is denoised
-one spectral band at a time as a grayscale image: input and output are (N, 1, H, W).
+:meth:`DnCNN.forward` returns ``x − noise`` (residual learning). As ``dncnn`` a hyperspectral cube
+is denoised one spectral band at a time as a grayscale image: input and output are (N, 1, H, W).
+The spectral variants (:mod:`pipeline.models.dncnn_subspace`, :mod:`pipeline.models.dncnn_spectral`)
+reuse this network.
 """
 
 from __future__ import annotations
@@ -19,20 +21,38 @@ from pipeline.errors import ParamsError
 BN_WEIGHT_CLAMP = 0.025
 
 
+def check_int(model: str, **values: tuple[int, int]) -> None:
+    """ParamsError unless each ``name=(value, minimum)`` is an integer >= its minimum."""
+    for arg, (value, minimum) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ParamsError(f"{model}: {arg} must be an integer >= {minimum}, got {value!r}")
+
+
 class DnCNN(nn.Module):
-    """Residual Gaussian denoiser; ``DnCNN(**model.config)`` rebuilds the same architecture."""
+    """Residual Gaussian denoiser; ``DnCNN(**model.config)`` rebuilds the same architecture.
+
+    ``in_channels`` input planes, ``out_channels`` predicted noise planes (default: as many as the
+    input); :meth:`forward` subtracts the noise from the first ``out_channels`` input planes.
+    """
 
     name = "dncnn"
 
-    def __init__(self, depth: int = 17, channels: int = 64, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        depth: int = 17,
+        channels: int = 64,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+    ) -> None:
         super().__init__()
-        for arg, value, minimum in (
-            ("depth", depth, 3),
-            ("channels", channels, 1),
-            ("in_channels", in_channels, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ParamsError(f"dncnn: {arg} must be an integer >= {minimum}, got {value!r}")
+        out_channels = in_channels if out_channels is None else out_channels
+        check_int(
+            "dncnn",
+            depth=(depth, 3),
+            channels=(channels, 1),
+            in_channels=(in_channels, 1),
+            out_channels=(out_channels, 1),
+        )
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, channels, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -43,19 +63,26 @@ class DnCNN(nn.Module):
                 nn.BatchNorm2d(channels),
                 nn.ReLU(inplace=True),
             ]
-        layers.append(nn.Conv2d(channels, in_channels, 3, padding=1, bias=False))
+        layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=False))
         self.dncnn = nn.Sequential(*layers)
         self.config: dict[str, int] = {
             "depth": depth,
             "channels": channels,
             "in_channels": in_channels,
         }
+        if out_channels != in_channels:
+            self.config["out_channels"] = out_channels
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """SaoYan's init: Kaiming-normal convs; small BatchNorm scales so training starts near x.
+        """Kaiming-normal convolutions with zero biases; BatchNorm scales drawn from
+        N(0, 2/(9·C)) and then clamped to [−0.025, 0.025], BatchNorm shifts zero.
 
-        BN weights ~ N(0, √(2/(9·C))) clipped to ±0.025, as in the reference MatConvNet code.
+        SaoYan's DnCNN-PyTorch draws the BN scales from N(0, 2/(9·64)) and clamps them to
+        ±0.025 (``weights_init_kaiming``); the clamp keeps each residual block small, so an
+        untrained network predicts almost no noise and its output starts close to its input.
+        (The original MatConvNet code does the opposite: it pushes scales smaller than 0.025 out
+        to ±0.025.)
         """
         std = math.sqrt(2.0 / (9 * self.config["channels"]))
         for module in self.modules():
@@ -73,9 +100,10 @@ class DnCNN(nn.Module):
         return 2 * self.config["depth"] + 1
 
     def predict_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """The noise estimate (N, C, H, W) of the noisy input ``x``."""
+        """The noise estimate (N, out_channels, H, W) of the noisy input ``x``."""
         return self.dncnn(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The denoised image: input minus the predicted noise."""
-        return x - self.predict_noise(x)
+        """The denoised image: the first ``out_channels`` input planes minus the noise."""
+        noise = self.predict_noise(x)
+        return x[:, : noise.shape[1]] - noise

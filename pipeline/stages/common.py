@@ -40,8 +40,10 @@ def checkpoint_path(params: dict, model: str, seed: int) -> Path:
     return MODELS / params["dataset"]["name"] / f"{run_name(model, seed)}.pt"
 
 
-def dncnn_path(params: dict) -> Path:
-    return MODELS / params["dataset"]["name"] / "dncnn.pt"
+def dncnn_path(params: dict, model: str = "dncnn") -> Path:
+    """The checkpoint of denoiser ``model`` (dncnn, dncnn_subspace, dncnn_spectral); the folder
+    holds only denoisers, so `denoise_evaluate` and `robustness` depend on it as a whole."""
+    return MODELS / params["dataset"]["name"] / "denoisers" / f"{model}.pt"
 
 
 def report_dir(params: dict, model: str | None = None, seed: int | None = None) -> Path:

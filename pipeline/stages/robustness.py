@@ -1,98 +1,131 @@
-"""Stage `robustness`: HybridSN test OA on a noisy scene, directly and after DnCNN denoising.
+"""Stage `robustness`: a trained classifier's test OA on a noisy scene, directly, after the best
+baseline and after each denoiser of ``denoise.models``.
 
 For each σ of ``denoise.robustness_sigmas`` white Gaussian noise of σ/255 is added to every band
-of the (cropped) raw scene in the per-band [0, 1] domain of the DnCNN checkpoint and mapped back
-to raw units; the trained ``hybridsn`` of the first seed of ``train.seeds`` then classifies the
-scene through its own fitted PCA, once as it is and once after band-by-band DnCNN denoising, and
-OA is scored on the test pixels of ``data/prepared/<dataset>/split.npz``.
+of the (cropped) raw scene in the denoisers' per-band [0, 1] domain and mapped back to raw units;
+the classifier ``denoise.robustness_model`` of seed ``denoise.robustness_seed`` then classifies
+the scene through its own fitted PCA. OA is scored only on the classifier's test pixels that lie
+in the denoisers' held-out rows, which no denoiser was trained on (their count is in the output);
+the other test pixels lie in rows the denoisers learned from. The best baseline is the one with
+the highest MPSNR in `denoise_evaluate`'s report, tuned again on the training rows at each σ; the
+``oa_denoised`` column is the learned denoiser with the highest MPSNR there.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.fetching import load_raw
 from pipeline.data.pca import PCA
-from pipeline.errors import DataError
-from pipeline.evaluation.denoise import denoise_cube
+from pipeline.errors import DataError, ParamsError
+from pipeline.evaluation.denoise import apply_baseline, denoise_cube, tune_baseline
 from pipeline.evaluation.figures import save_curve_png
 from pipeline.evaluation.inference import predict_scene
 from pipeline.io import write_json, write_text
-from pipeline.stages.common import checkpoint_path, load_prepared
-from pipeline.stages.denoise_evaluate import check_scene
-from pipeline.stages.denoise_train import dncnn_path, raw_scene
+from pipeline.stages.common import (
+    checkpoint_path,
+    denoise_dir,
+    dncnn_path,
+    load_prepared,
+    raw_dir,
+    robustness_dir,
+)
 from pipeline.tracking import start_run
 from pipeline.training.checkpoint import check_checkpoint_provenance, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
-from pipeline.training.denoiser import add_noise, load_denoiser, scale_bands, unscale_bands
+from pipeline.training.denoise_data import (
+    add_noise,
+    check_scene,
+    fit_subspace,
+    scale_bands,
+    unscale_bands,
+)
+from pipeline.training.denoiser import load_denoiser
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER = "hybridsn"
 RUN_NAME = "robustness"
-NOISE_PART = 2
-
-
-def robustness_dir(params: dict) -> Path:
-    return Path("reports") / params["dataset"]["name"] / "robustness"
+NOISE_PART, TUNE_PART = 2, 3
 
 
 def rows_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["sigma", "oa_noisy", "oa_denoised"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
-    w.writerows({k: row[k] for k in w.fieldnames} for row in rows)
+    w.writerows(rows)
     return buf.getvalue()
 
 
-def _test_pixels(params: dict, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    path = Path("data/prepared") / params["dataset"]["name"]
+def _ranking(params: dict, models: list[str]) -> tuple[str, str, float]:
+    """(best baseline, best learned model, the σ they were ranked at) from `denoise_evaluate`."""
+    out = denoise_dir(params)
     try:
-        labels = np.load(path / "labels.npy")
-        test = np.load(path / "split.npz")["test"]
+        evaluation = json.loads((out / "evaluation.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
     except FileNotFoundError as e:
-        raise DataError(f"{e.filename}: missing; run `hsi prepare` (or `dvc repro`) first") from e
-    if labels.shape != shape or test.shape != shape:
-        raise DataError(
-            f"{path}: labels {labels.shape} / test mask {test.shape} do not match the (cropped) "
-            f"scene {shape}; run `hsi prepare` again"
-        )
-    return labels, test
+        raise DataError(f"{e.filename}: missing; run `hsi denoise_evaluate` first") from e
+    sigma = evaluation["best_baseline_at_sigma"]
+    scores = metrics[f"sigma{sigma:g}"]
+    missing = [m for m in models if m not in scores]
+    if missing:
+        raise DataError(f"{out / 'metrics.json'}: no scores for {missing}; run it again")
+    best = max(models, key=lambda m: scores[m]["mpsnr"] or 0)
+    return evaluation["best_baseline"], best, sigma
 
 
 def run(params: dict) -> dict:
     dp, ev = params["denoise"], params["evaluate"]
     device = resolve_device(params["train"]["device"])
     amp = params["train"]["amp"]
-    cube, manifest = raw_scene(params)
-    seed = params["train"]["seeds"][0]
-    clf_path = checkpoint_path(params, CLASSIFIER, seed)
+    raw, _, manifest = load_raw(raw_dir(params), params["dataset"]["crop"])
+    cube = np.asarray(raw, dtype=np.float32)
+    clf_name, seed = dp["robustness_model"], dp["robustness_seed"]
+    if clf_name not in params["train"]["models"] or seed not in params["train"]["seeds"]:
+        raise ParamsError(
+            f"'denoise.robustness_model' = {clf_name!r} / 'denoise.robustness_seed' = {seed} "
+            f"must be one of 'train.models' {params['train']['models']} / 'train.seeds' "
+            f"{params['train']['seeds']}"
+        )
+    clf_path = checkpoint_path(params, clf_name, seed)
     clf_ckpt = load_checkpoint(clf_path)
     prepared = load_prepared(params)
     check_checkpoint_provenance(
         clf_ckpt,
         prepared.meta.get("fingerprint"),
         against=str(prepared.path),
-        fix=f"hsi train --model {CLASSIFIER} --seed {seed}",
+        fix=f"hsi train --model {clf_name} --seed {seed}",
     )
     classifier = load_model(clf_ckpt, device)
     pca = PCA.from_arrays(clf_ckpt["pca"])
     patch = clf_ckpt["patch"]
-    dn_path = dncnn_path(params)
-    denoiser, dn_ckpt = load_denoiser(dn_path, device)
-    check_scene(cube, dn_ckpt, dn_path)
-    lo, hi = dn_ckpt["band_min"], dn_ckpt["band_max"]
-    labels, test = _test_pixels(params, cube.shape[:2])
-    truth = labels[test]
+    if prepared.labels.shape != cube.shape[:2]:
+        raise DataError(
+            f"{prepared.path}: labels {prepared.labels.shape} do not match the (cropped) scene "
+            f"{cube.shape[:2]}; run `hsi prepare` again"
+        )
+    denoisers, ckpt = {}, None
+    for name in dp["models"]:
+        denoisers[name], ckpt = load_denoiser(dncnn_path(params, name), device)
+    split = check_scene(cube, ckpt)
+    baseline, best_model, ranked_at = _ranking(params, list(denoisers))
+    scored = np.zeros_like(prepared.test)
+    scored[split.test] = prepared.test[split.test]
+    if not scored.any():
+        raise DataError(
+            f"no test pixel of {prepared.path} lies in the denoisers' held-out rows "
+            f"{split.to_dict()['test_rows']}; nothing to score"
+        )
+    truth = prepared.labels[scored]
 
-    def oa(raw: np.ndarray) -> float:
+    def oa(raw_cube: np.ndarray) -> float:
         pred = predict_scene(
             classifier,
-            pca.transform(raw),
+            pca.transform(raw_cube),
             patch["size"],
             padding=patch["padding"],
             device=device,
@@ -100,48 +133,61 @@ def run(params: dict) -> dict:
             strip_rows=ev["strip_rows"],
             batch_size=ev["batch_size"],
         )
-        return float(np.mean(pred.labels[test] == truth))
+        return float(np.mean(pred.labels[scored] == truth))
 
+    lo, hi = ckpt["band_min"], ckpt["band_max"]
     clean01 = scale_bands(cube, lo, hi)
+    train01 = clean01[split.train]
+    sub = fit_subspace(train01)
     rows = []
     for sigma in (float(s) for s in dp["robustness_sigmas"]):
         noisy01 = add_noise(clean01, sigma, [dp["seed"], round(1000 * sigma), NOISE_PART])
         noisy = cube if sigma == 0 else unscale_bands(noisy01, lo, hi)
-        denoised01 = denoise_cube(denoiser, noisy01, device=device, amp=amp, progress=True)
-        row = {
-            "sigma": sigma,
-            "oa_noisy": oa(noisy),
-            "oa_denoised": oa(unscale_bands(denoised01, lo, hi)),
-        }
-        rows.append(row)
-        log.info(
-            "σ=%g: OA %.4f noisy, %.4f after DnCNN", sigma, row["oa_noisy"], row["oa_denoised"]
+        tuning = add_noise(train01, sigma, [dp["seed"], round(1000 * sigma), TUNE_PART])
+        setting = tune_baseline(baseline, train01, tuning, sub, sigma)
+        outs = {"noisy": noisy, f"baseline_{baseline}": None}
+        outs[f"baseline_{baseline}"] = unscale_bands(
+            apply_baseline(baseline, noisy01, setting, sub, sigma), lo, hi
         )
+        for name, model in denoisers.items():
+            den = denoise_cube(model, noisy01, device=device, amp=amp, progress=True)
+            outs[name] = unscale_bands(den, lo, hi)
+        scores = {k: oa(v) for k, v in outs.items()}
+        row = {"sigma": sigma, "oa_noisy": scores.pop("noisy"), "oa_denoised": scores[best_model]}
+        row.update({f"oa_{k}": v for k, v in scores.items()})
+        rows.append(row)
+        log.info("σ=%g: %s", sigma, ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
 
     out = robustness_dir(params)
     summary = {
         "dataset": manifest["dataset"],
         "classifier": str(clf_path),
-        "denoiser": str(dn_path),
-        "denoiser_noise": dn_ckpt["noise"],
-        "noise": "white Gaussian, σ/255 of each band's [min, max] range, all pixels and bands",
-        "n_test": int(test.sum()),
+        "denoisers": {name: str(dncnn_path(params, name)) for name in denoisers},
+        "oa_denoised_is": best_model,
+        "best_baseline": baseline,
+        "ranked_by": f"MPSNR at σ = {ranked_at:g} in {denoise_dir(params) / 'metrics.json'}",
+        "noise": "white Gaussian, σ/255 of each band's training-row [min, max], all pixels/bands",
+        "scored_pixels": "classifier test pixels inside the denoisers' held-out rows "
+        f"{split.to_dict()['test_rows']}",
+        "n_scored": int(scored.sum()),
+        "n_test": int(prepared.test.sum()),
         "device": device_name(device),
         "rows": rows,
     }
     write_text(out / "oa_vs_sigma.csv", rows_csv(rows))
     write_json(out / "oa_vs_sigma.json", summary)
     sig = [r["sigma"] for r in rows]
+    series = {"noisy input": [100 * r["oa_noisy"] for r in rows]}
+    series[f"{baseline} (best baseline)"] = [100 * r[f"oa_baseline_{baseline}"] for r in rows]
+    for name in denoisers:
+        series[name] = [100 * r[f"oa_{name}"] for r in rows]
     save_curve_png(
         out / "oa_vs_sigma.png",
         sig,
-        {
-            "noisy input": [100 * r["oa_noisy"] for r in rows],
-            "DnCNN-denoised": [100 * r["oa_denoised"] for r in rows],
-        },
+        series,
         xlabel="noise σ (/255 of each band's range)",
-        ylabel="test OA (%)",
-        title=f"{CLASSIFIER}-seed{seed} on {manifest['dataset']}",
+        ylabel=f"test OA (%), {int(scored.sum())} pixels in held-out rows",
+        title=f"{clf_name}-seed{seed} on {manifest['dataset']}",
     )
     tags = {"stage": "robustness", "classifier": clf_path.name, "device": device_name(device)}
     with start_run(params, manifest["dataset"], RUN_NAME, tags, task="denoising") as mlrun:
@@ -149,13 +195,13 @@ def run(params: dict) -> dict:
             {
                 "robustness_sigmas": ",".join(f"{s:g}" for s in sig),
                 "classifier": str(clf_path),
-                "denoiser": str(dn_path),
+                "denoisers": ",".join(denoisers),
+                "n_scored": int(scored.sum()),
             }
         )
         for row in rows:
             mlrun.log_metrics(
-                {"oa_noisy": row["oa_noisy"], "oa_denoised": row["oa_denoised"]},
-                step=round(row["sigma"]),
+                {k: v for k, v in row.items() if k != "sigma"}, step=round(row["sigma"])
             )
         for name in ("oa_vs_sigma.csv", "oa_vs_sigma.json", "oa_vs_sigma.png"):
             mlrun.log_artifact(out / name)
