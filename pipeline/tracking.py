@@ -40,6 +40,8 @@ DB_NAME = "mlflow.db"
 TASKS = ("classification", "denoising")
 FLAVOR = "hsi_checkpoint"
 """The MLflow model flavor we write: a checkpoint loaded with ``torch.load(weights_only=True)``."""
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+"""Makes the UI open an experiment on its training-runs table, not the GenAI overview."""
 _PREPARED = set()
 
 
@@ -152,13 +154,16 @@ def _experiment_id(client, name: str, uri: str, task: str) -> str:
 
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
     db = _sqlite_path(uri)
     location = None
     if db is not None:  # artifacts beside the store, not in a temp workspace that goes away
         location = (db.parent / "mlruns" / name.replace("/", "-")).as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location, tags={"task": task})
+        tags = {"task": task, KIND_TAG: KIND}
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except MlflowException:  # created by a parallel run in the meantime
         exp = client.get_experiment_by_name(name)
         if exp is None:
