@@ -178,6 +178,8 @@ def run(params: dict) -> dict:
     tags = {"stage": "report", "protocol": protocol}
     with start_run(params, data.meta["dataset"], "report", tags) as mlrun:
         mlrun.adopt_children(run_ids)
+        counts = {k: int(getattr(data, k).sum()) for k in ("train", "val", "test")}
+        mlrun.log_prepared(data.meta, params, counts, context="evaluation")
         mlrun.log_params(
             {k: v for k, v in flatten(params).items() if k.startswith(("split.", "pca.", "train."))}
         )

@@ -191,6 +191,7 @@ def run(params: dict) -> dict:
     )
     tags = {"stage": "robustness", "classifier": clf_path.name, "device": device_name(device)}
     with start_run(params, manifest["dataset"], RUN_NAME, tags, task="denoising") as mlrun:
+        mlrun.log_prepared(prepared.meta, params, {"test": int(scored.sum())}, context="evaluation")
         mlrun.log_params(
             {
                 "robustness_sigmas": ",".join(f"{s:g}" for s in sig),
