@@ -126,6 +126,13 @@ def test_checkpoint_with_altered_pca_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def test_zero_dimensional_arrays_keep_their_shape(tmp_path):
+    path = tmp_path / "m.pt"
+    _classifier_ckpt(path)
+    pca = load_checkpoint(path)["pca"]
+    assert pca["whiten"].shape == () and bool(pca["whiten"]) is False
+
+
 def test_checkpoint_records_provenance_and_loads_weights_only(tmp_path):
     path = tmp_path / "m.pt"
     model = _classifier_ckpt(path)

@@ -76,8 +76,8 @@ def _plain(obj: Any, where: str) -> Any:
     anything ``weights_only=True`` could not load back."""
     if isinstance(obj, torch.Tensor):
         return obj.detach()
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.ndarray):  # ascontiguousarray alone would make a 0-d array 1-d
+        return torch.from_numpy(np.ascontiguousarray(obj).reshape(obj.shape))
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Mapping):
@@ -240,9 +240,9 @@ def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
 
 def _build(ckpt: dict) -> torch.nn.Module:
     if ckpt.get("kind", "classifier") == "dncnn":
-        from pipeline.models.dncnn import DnCNN
+        from pipeline.models.denoisers import build_denoiser
 
-        return DnCNN(**ckpt["model_config"])
+        return build_denoiser(**ckpt["model_config"])
     from pipeline.models import build_model
 
     return build_model(**ckpt["model_config"])
