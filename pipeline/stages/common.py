@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.provenance import check_prepared
 
 DATA = Path("data")
 MODELS = Path("models")
@@ -95,7 +96,7 @@ def load_prepared(params: dict) -> Prepared:
     try:
         split = np.load(path / "split.npz")
         pca = np.load(path / "pca.npz")
-        return Prepared(
+        data = Prepared(
             cube=np.load(path / "cube.npy"),
             labels=np.load(path / "labels.npy"),
             train=split["train"],
@@ -107,3 +108,6 @@ def load_prepared(params: dict) -> Prepared:
         )
     except FileNotFoundError as e:
         raise DataError(f"{e.filename}: missing; run `hsi prepare` (or `dvc repro`) first") from e
+    masks = {k: split[k] for k in split.files}
+    check_prepared(str(path), data.meta, data.cube, data.labels, masks, data.pca)
+    return data

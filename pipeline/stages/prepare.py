@@ -10,10 +10,11 @@ import numpy as np
 from pipeline.data.fetching import load_raw
 from pipeline.data.loaders import resolve_key
 from pipeline.data.pca import fit_pca
-from pipeline.data.splits import make_split, split_summary
+from pipeline.data.splits import split_from_params, split_summary
 from pipeline.errors import DataError
 from pipeline.evaluation.figures import false_colour, save_split_png
 from pipeline.io import save_npy, save_npz, write_json
+from pipeline.provenance import prepared_fingerprint
 from pipeline.stages.common import prepared_dir, raw_dir
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,7 @@ def run(params: dict) -> dict:
     labels = gt.astype(np.int64)
 
     sp, patch = params["split"], params["patch"]["size"]
-    split = make_split(
-        labels,
-        sp["mode"],
-        seed=sp["seed"],
-        train_fraction=sp["train_fraction"],
-        per_class_count=sp["per_class_count"],
-        min_per_class=sp["min_per_class"],
-        val_fraction=sp["val_fraction"],
-        patch_size=patch,
-        tile_size=sp["tile_size"],
-    )
+    split = split_from_params(labels, sp, patch)
 
     pc = params["pca"]
     k = pc["components"] or manifest["pca_components"]
@@ -88,11 +79,13 @@ def run(params: dict) -> dict:
     summary["labelled"] = int((labels > 0).sum())
     summary["shape"] = list(labels.shape)
 
+    # meta.json, with the fingerprint of the arrays, is removed first and written last: an
+    # interrupted prepare leaves no folder that a later stage accepts
+    (out / "meta.json").unlink(missing_ok=True)
+    masks = {k: getattr(split, k) for k in ("train", "val", "test", "guard", "excluded")}
     save_npy(out / "cube.npy", reduced)
     save_npy(out / "labels.npy", labels)
-    save_npz(
-        out / "split.npz", train=split.train, val=split.val, test=split.test, guard=split.guard
-    )
+    save_npz(out / "split.npz", **masks)
     save_npz(out / "pca.npz", **pca.to_arrays())
     write_json(
         out / "pca.json",
@@ -108,6 +101,15 @@ def run(params: dict) -> dict:
         },
     )
     write_json(out / "split.json", summary)
+    rgb = false_colour(cube, manifest["rgb_bands"])
+    shown = {"train": split.train, "val": split.val, "test": split.test}
+    if split.guard.any():
+        shown["guard band"] = split.guard
+    title = (
+        f"{manifest['dataset']}: {params['protocol']} protocol, {sp['mode']} split, leakage "
+        f"{100 * summary['leakage_share']:.2f}% of test pixels"
+    )
+    save_split_png(out / "split.png", rgb, shown, title=title)
     write_json(
         out / "meta.json",
         {
@@ -122,17 +124,12 @@ def run(params: dict) -> dict:
             "palette": manifest["palette"],
             "cube_sha256": manifest["cube"]["sha256"],
             "gt_sha256": manifest["gt"]["sha256"],
+            "label_values": manifest["gt"].get("label_values"),  # file value of class k: [k-1]
+            "fingerprint": prepared_fingerprint(reduced, labels, masks, pca.to_arrays()),
+            "protocol": params["protocol"],
+            "split": {k: summary[k] for k in ("mode", "guard", "not_scored", "not_scored_note")},
         },
     )
-    rgb = false_colour(cube, manifest["rgb_bands"])
-    masks = {"train": split.train, "val": split.val, "test": split.test}
-    if split.guard.any():
-        masks["guard band"] = split.guard
-    title = (
-        f"{manifest['dataset']}: {sp['mode']} split, leakage "
-        f"{100 * summary['leakage_share']:.2f}% of test pixels"
-    )
-    save_split_png(out / "split.png", rgb, masks, title=title)
     log.info(
         "prepared %s: cube %s, %d labelled, train pool %d, test %d, leakage %.2f%%",
         manifest["dataset"],
