@@ -130,6 +130,8 @@ def run(params: dict, model_name: str, seed: int) -> dict:
                 "seconds": pred.seconds,
                 "device": device_name(device),
             },
+            "not_scored": data.meta.get("split", {}).get("not_scored_note"),
+            "label_values": data.meta.get("label_values"),
             "provenance": {
                 "data_fingerprint": data.meta["fingerprint"],
                 "checkpoint": str(ckpt["path"]),
