@@ -98,7 +98,8 @@ def run(params: dict, model_name: str, seed: int) -> dict:
     write_json(out / "metrics.json", metrics)
     write_text(out / "confusion.csv", confusion_csv(cm, names))
     write_json(out / "confusion.json", confusion_records(y_true, y_pred, names))
-    title = f"{run_name(model_name, seed)} on {data.meta['dataset']}"
+    protocol = data.meta.get("protocol", params["protocol"])
+    title = f"{run_name(model_name, seed)} on {data.meta['dataset']} ({protocol} protocol)"
     save_confusion_png(out / "confusion.png", cm, names, title=f"{title}: test pixels")
     save_npy(prediction_path(params, model_name, seed), pred.labels)
 
