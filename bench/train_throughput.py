@@ -99,7 +99,7 @@ def ours(cube, labels, mask, device, epochs, batching, tile_pixels, batch=256):
     result = train_classifier(
         model, cube, labels, mask, empty, cfg, patch_size=P, device=device, progress=False
     )
-    return result.samples_per_s, result.wall_time_s, result.history[-1]["train_acc"]
+    return result.samples_per_s, result.wall_time_s, result.history[-1]["train_oa"]
 
 
 def sync(device):

@@ -209,6 +209,8 @@ SCHEMA: dict[str, Any] = {
         "seeds": Field([0], _seeds),
         "epochs": Field(100, _num(1, integer=True)),
         "batch_size": Field(256, _num(1, integer=True)),
+        "batching": Field("auto", _one_of("auto", "patches", "tiles")),
+        "tile_pixels": Field(512, _num(1, integer=True)),
         "lr": Field(1e-3, _num(0, lo_open=True)),
         "weight_decay": Field(0.0, _num(0)),
         "schedule": Field("none", _one_of("none", "cosine", "step")),

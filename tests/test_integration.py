@@ -92,7 +92,7 @@ def test_train_outputs(repo):
         summary = json.loads((root / f"reports/indian_pines/{name}/train.json").read_text())
         assert summary["epochs_run"] == 1
         history = (root / f"reports/indian_pines/{name}/history.csv").read_text().splitlines()
-        assert history[0].startswith("epoch,train_loss,train_acc")
+        assert history[0].startswith("epoch,train_loss,train_oa")
         assert len(history) == 2
 
 
@@ -263,3 +263,31 @@ def test_denoise_and_robustness_outputs(repo):
     assert rows[0].split(",")[:3] == ["sigma", "oa_noisy", "oa_denoised"]
     assert [float(r.split(",")[0]) for r in rows[1:]] == [0, 30]
     assert (root / "reports/indian_pines/robustness/oa_vs_sigma.png").stat().st_size > 5000
+
+
+def test_evaluate_refuses_checkpoint_after_prepare_with_other_pca(repo, tmp_path):
+    """Acceptance (issue 11): after `prepare` with a different PCA, `evaluate` on the old
+    checkpoint exits non-zero with one line naming both fingerprints, and writes nothing."""
+    shared, env, _ = repo
+    root = _own_copy(shared, tmp_path / "own")
+    for part in ("models", "reports"):
+        shutil.copytree(shared / part, root / part)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["pca"]["components"] = int(params["pca"]["components"] or 30) - 5
+    (root / "params.pca.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([str(BIN / "hsi"), "--params", "params.pca.yaml", "prepare"], root, env)
+    metrics = root / "reports/indian_pines/hybridsn-seed0/metrics.json"
+    before = metrics.read_bytes()
+    for stage in (["evaluate", "--model", "hybridsn", "--seed", "0"], ["report"]):
+        proc = subprocess.run(
+            [str(BIN / "hsi"), "--params", "params.pca.yaml", *stage],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert "made from data fingerprint" in line and "Traceback" not in proc.stderr
+    assert "hsi evaluate --model hybridsn --seed 0" in line
+    assert metrics.read_bytes() == before

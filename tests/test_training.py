@@ -48,7 +48,7 @@ def test_deterministic_on_cpu(scene):
 
 def test_keeps_best_validation_epoch(scene):
     model, result = _train(scene, epochs=3)
-    val = [r["val_acc"] for r in result.history]
+    val = [r["val_oa"] for r in result.history]
     assert result.best_val_oa == max(val)
     assert result.best_epoch == val.index(max(val)) + 1
     for k, v in model.state_dict().items():
@@ -129,7 +129,7 @@ def test_mlflow_run_holds_params_and_metrics(tmp_path, monkeypatch):
     with start_run(params, "toy", "hybridsn-seed0", {"stage": "train"}) as run:
         run.log_params({"train.lr": 0.001, "n_params": 42, "pca.components": None})
         for step in (1, 2):
-            run.log_metrics({"train_loss": 1.0 / step, "val_acc": 0.5 * step}, step=step)
+            run.log_metrics({"train_loss": 1.0 / step, "val_oa": 0.5 * step}, step=step)
         run.log_artifact(tmp_path / "curve.csv")
     with start_run(params, "toy", "hybridsn-seed0", {"stage": "evaluate"}, resume=True) as run:
         run.log_metrics({"test_oa": 0.9})
@@ -139,7 +139,7 @@ def test_mlflow_run_holds_params_and_metrics(tmp_path, monkeypatch):
     assert r.info.run_name == "hybridsn-seed0"
     assert r.data.params["train.lr"] == "0.001" and r.data.params["n_params"] == "42"
     assert r.data.metrics["test_oa"] == 0.9
-    history = client.get_metric_history(r.info.run_id, "val_acc")
+    history = client.get_metric_history(r.info.run_id, "val_oa")
     assert [m.value for m in history] == [0.5, 1.0]
     assert r.data.tags["stage"] == "train" and "git_commit" in r.data.tags
 

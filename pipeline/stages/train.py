@@ -13,9 +13,16 @@ from pipeline.models import MODELS, build_model, count_parameters
 from pipeline.params import flatten
 from pipeline.stages.common import checkpoint_path, load_prepared, report_dir, run_name
 from pipeline.tracking import start_run
-from pipeline.training.checkpoint import save_checkpoint
+from pipeline.training.checkpoint import (
+    clear_state,
+    fingerprint,
+    load_state,
+    resume_path,
+    save_checkpoint,
+    save_state,
+)
 from pipeline.training.classifier import TrainConfig, train_classifier
-from pipeline.training.common import device_name, resolve_device
+from pipeline.training.common import device_name, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +43,10 @@ def save_training_curves(path, history: list[dict], title: str) -> None:
     nan = float("nan")
     series = {
         f"{split} {what}": [r.get(f"{split}_{what}", nan) for r in history]
-        for what in ("acc", "loss")
+        for what in ("oa", "loss")
         for split in ("train", "val")
     }
-    save_curve_png(path, epochs, series, "epoch", "accuracy / loss", title=title)
+    save_curve_png(path, epochs, series, "epoch", "OA / loss", title=title)
 
 
 def run(params: dict, model_name: str, seed: int) -> dict:
@@ -48,6 +55,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
     data = load_prepared(params)
     tp, patch = params["train"], params["patch"]
     device = resolve_device(tp["device"])
+    seed_everything(seed, deterministic=device.type == "cpu")  # the initial weights too
     model = build_model(
         model_name,
         bands=data.cube.shape[-1],
@@ -66,7 +74,12 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         amp=tp["amp"],
         seed=seed,
         eval_batch_size=params["evaluate"]["batch_size"],
+        batching=tp["batching"],
+        tile_pixels=tp["tile_pixels"],
     )
+    train_params = {**tp, "patch": dict(patch), "model": model_name, "seed": seed}
+    train_params.pop("models", None)
+    train_params.pop("seeds", None)
     name = run_name(model_name, seed)
     out_dir = report_dir(params, model_name, seed)
     ckpt_path = checkpoint_path(params, model_name, seed)
@@ -79,7 +92,13 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         "dataset_sha256": data.meta["cube_sha256"],
         "device": device_name(device),
     }
-    with start_run(params, data.meta["dataset"], name, tags) as mlrun:
+    state_file = resume_path(ckpt_path)
+    state_fp = fingerprint({"params": train_params, "data": data.meta["fingerprint"]})
+    state = load_state(state_file, fingerprint=state_fp)
+    if state is not None:
+        log.info("%s: resuming from epoch %d (%s)", name, int(state["epoch"]) + 1, state_file)
+    run_id = state.get("mlflow_run_id") if state is not None else None
+    with start_run(params, data.meta["dataset"], name, tags, run_id=run_id) as mlrun:
         logged = {k: v for k, v in flatten(params).items() if not k.startswith("denoise.")}
         mlrun.log_params({**logged, "model": model_name, "seed": seed, "n_params": n_params})
         mlrun.log_prepared(data.meta, params, {k: int(getattr(data, k).sum()) for k in SPLITS})
@@ -97,6 +116,10 @@ def run(params: dict, model_name: str, seed: int) -> dict:
             on_epoch=lambda row: mlrun.log_metrics(
                 {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
             ),
+            resume=state,
+            save_state=lambda s: save_state(
+                state_file, {**s, "mlflow_run_id": mlrun.run_id}, fingerprint=state_fp
+            ),
         )
         summary = {
             "model": model_name,
@@ -110,6 +133,8 @@ def run(params: dict, model_name: str, seed: int) -> dict:
             if result.best_val_oa is not None
             else "last epoch (no validation pixels)",
             "stopped_early": result.stopped_early,
+            "batching": result.batching,
+            "resumed_from_epoch": result.resumed_from,
             "train_time_s": result.wall_time_s,
             "train_samples_per_s": result.samples_per_s,
             "train_pixels": int(data.train.sum()),
@@ -129,6 +154,8 @@ def run(params: dict, model_name: str, seed: int) -> dict:
                 "best_epoch": result.best_epoch,
                 "best_val_oa": result.best_val_oa if result.best_val_oa is not None else -1.0,
             },
+            data_fingerprint=data.meta["fingerprint"],
+            params=train_params,
         )
         write_text(out_dir / "history.csv", history_csv(result.history))
         save_training_curves(out_dir / "curves.png", result.history, name)
@@ -144,6 +171,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         for path in (out_dir / f for f in ("history.csv", "curves.png", "train.json")):
             mlrun.log_artifact(path)
         mlrun.log_model(ckpt_path, model_name, tags={"seed": seed})
+    clear_state(state_file)
     log.info(
         "%s: best val OA %s at epoch %d, %.1f s",
         name,

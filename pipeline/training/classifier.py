@@ -25,6 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.data.patches import gather_patches, pad_cube
+from pipeline.evaluation.inference import pixel_logits
+from pipeline.training.checkpoint import capture_rng, restore_rng
 from pipeline.training.common import autocast, seed_everything
 
 BATCHING = ("patches", "tiles", "auto")
@@ -55,6 +57,7 @@ class TrainResult:
     samples_per_s: float = 0.0
     stopped_early: bool = False
     batching: str = "patches"
+    resumed_from: int | None = None
 
 
 def pixel_coords(mask: np.ndarray, labels: np.ndarray, device) -> tuple[torch.Tensor, ...]:
@@ -127,32 +130,6 @@ def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return None
 
 
-@torch.no_grad()
-def evaluate_pixels(
-    model: nn.Module,
-    padded: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    y: torch.Tensor | None,
-    patch_size: int,
-    batch_size: int,
-    amp: bool = True,
-) -> tuple[torch.Tensor, float]:
-    """Predicted classes (0-based) of the given pixels and, if ``y`` is given, the mean loss."""
-    model.eval()
-    preds, loss_sum = [], 0.0
-    for start in range(0, rows.numel(), batch_size):
-        sl = slice(start, start + batch_size)
-        x = gather_patches(padded, rows[sl], cols[sl], patch_size)
-        with autocast(padded.device, amp, cpu=True):
-            logits = model(x).float()
-        if y is not None:
-            loss_sum += nn.functional.cross_entropy(logits, y[sl], reduction="sum").item()
-        preds.append(logits.argmax(1))
-    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=padded.device)
-    return pred, loss_sum / max(rows.numel(), 1)
-
-
 def train_classifier(
     model: nn.Module,
     cube: np.ndarray,
@@ -166,8 +143,16 @@ def train_classifier(
     device: torch.device | str = "cpu",
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    resume: dict | None = None,
+    save_state: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Train with Adam and cross-entropy; keep the weights of the best validation OA."""
+    """Train with Adam and cross-entropy; keep the weights of the best validation OA.
+
+    ``save_state`` receives, after every epoch, everything needed to continue (weights,
+    optimiser, schedule, RNG states, history, best so far); passing that dict back as
+    ``resume`` continues from the next epoch, and on CPU ends identical to an uninterrupted run.
+    Validation runs through the one fp32 patch-inference loop that test inference uses.
+    """
     device = torch.device(device)
     gen = seed_everything(cfg.seed, deterministic=device.type == "cpu")
     model.to(device)
@@ -184,14 +169,29 @@ def train_classifier(
     height, width = labels.shape
     side = tile_side(n_train, height, width, cfg.tile_pixels)
 
-    opt = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-    )
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = _schedule(opt, cfg)
     best = TrainResult(state_dict={}, best_epoch=0, best_val_oa=None)
-    since_best, history = 0, []
-    t0 = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="train", unit="epoch", disable=not progress)
+    since_best, history, first, elapsed = 0, [], 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resume["scheduler"])
+        restore_rng(resume["rng"], {"batches": gen})
+        history, since_best = list(resume["history"]), int(resume["since_best"])
+        best.best_epoch, best.best_val_oa = resume["best_epoch"], resume["best_val_oa"]
+        best.state_dict = dict(resume["best_state_dict"])
+        first, elapsed = int(resume["epoch"]) + 1, float(resume["elapsed_s"])
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(
+        range(first, cfg.epochs + 1),
+        desc="train",
+        unit="epoch",
+        initial=first - 1,
+        total=cfg.epochs,
+        disable=not progress,
+    )
     for epoch in bar:
         model.train()
         if mode == "tiles":
@@ -228,18 +228,16 @@ def train_classifier(
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / n_train,
-            "train_acc": correct.item() / n_train,
+            "train_oa": correct.item() / n_train,
             "lr": opt.param_groups[0]["lr"],
         }
         if has_val:
-            pred, val_loss = evaluate_pixels(
-                model, padded, va_rows, va_cols, va_y, patch_size, cfg.eval_batch_size, cfg.amp
-            )
-            row["val_loss"] = val_loss
-            row["val_acc"] = (pred == va_y).float().mean().item()
+            logits = pixel_logits(model, padded, va_rows, va_cols, patch_size, cfg.eval_batch_size)
+            row["val_loss"] = nn.functional.cross_entropy(logits, va_y).item()
+            row["val_oa"] = (logits.argmax(1) == va_y).float().mean().item()
         row["time_s"] = time.perf_counter() - t0
         history.append(row)
-        score = row["val_acc"] if has_val else None
+        score = row["val_oa"] if has_val else None
         if not has_val or best.best_val_oa is None or score > best.best_val_oa:
             best.best_val_oa, best.best_epoch, since_best = score, epoch, 0
             best.state_dict = {
@@ -249,12 +247,29 @@ def train_classifier(
             since_best += 1
         bar.set_postfix(
             loss=f"{row['train_loss']:.3f}",
-            acc=f"{row['train_acc']:.3f}",
-            val=f"{row.get('val_acc', float('nan')):.3f}",
+            oa=f"{row['train_oa']:.3f}",
+            val=f"{row.get('val_oa', float('nan')):.3f}",
         )
         if on_epoch is not None:
             on_epoch(row)
-        if cfg.early_stopping and has_val and since_best >= cfg.early_stopping:
+        stop = bool(cfg.early_stopping and has_val and since_best >= cfg.early_stopping)
+        if save_state is not None:
+            save_state(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else {},
+                    "rng": capture_rng({"batches": gen}),
+                    "history": history,
+                    "since_best": since_best,
+                    "best_epoch": best.best_epoch,
+                    "best_val_oa": best.best_val_oa,
+                    "best_state_dict": best.state_dict,
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
+        if stop:
             best.stopped_early = True
             break
     if device.type == "cuda":
@@ -263,5 +278,6 @@ def train_classifier(
     best.samples_per_s = n_train * len(history) / best.wall_time_s
     best.history = history
     best.batching = mode
+    best.resumed_from = first if resume is not None else None
     model.load_state_dict(copy.deepcopy(best.state_dict))
     return best

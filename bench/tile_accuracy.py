@@ -1,0 +1,91 @@
+"""Validation and test OA of `hybridsn` trained by tiles of a given size, or by patches.
+
+The paper's protocol on the real Indian Pines (tensorly package): 30 PCA components fitted on
+all pixels, 30 % stratified random split (10 % of it kept for validation), 25×25 patches;
+the checkpoint of the best validation OA is scored on the test pixels with the dense scene pass.
+One line per run, so sizes, paths and seeds can be compared in one table:
+
+    python bench/tile_accuracy.py --tile-pixels 256 512 1024 --epochs 30
+    python bench/tile_accuracy.py --seeds 0 1 2 --epochs 100           # the default path
+    python bench/tile_accuracy.py --batching patches --seeds 0 1 2 --epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import tempfile
+
+import numpy as np
+import torch
+
+from pipeline.data.fetching import fetch_dataset, load_raw
+from pipeline.data.pca import fit_pca
+from pipeline.data.splits import make_split
+from pipeline.evaluation.inference import predict_scene
+from pipeline.evaluation.metrics import classification_metrics, confusion_matrix
+from pipeline.models import build_model
+from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.common import device_name, resolve_device
+
+P = 25
+
+
+def load(seed: int):
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch_dataset("indian_pines", tmp, progress=False)
+        cube, gt, _ = load_raw(tmp)
+    labels = gt.astype(np.int64)
+    split = make_split(labels, "random", seed=seed, train_fraction=0.3, val_fraction=0.1)
+    reduced = fit_pca(cube.reshape(-1, cube.shape[-1]), 30, scale="global").transform(cube)
+    return reduced.astype(np.float32), labels, split
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="hybridsn")
+    ap.add_argument("--batching", default="tiles", choices=["tiles", "patches"])
+    ap.add_argument("--tile-pixels", type=int, nargs="+", default=[TrainConfig.tile_pixels])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--epochs", type=int, default=100)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    print(f"device: {device_name(device)}  threads: {torch.get_num_threads()}  ", end="")
+    print(f"date: {datetime.date.today()}  model: {args.model}  epochs: {args.epochs}")
+    print(
+        f"{'batching':<10}{'tile px':>8}{'seed':>5}{'samples/s':>11}{'train s':>9}"
+        f"{'best val OA':>13}{'at epoch':>9}{'test OA':>9}{'AA':>8}{'kappa':>8}",
+        flush=True,
+    )
+    sizes = args.tile_pixels if args.batching == "tiles" else [0]
+    for seed in args.seeds:
+        cube, labels, split = load(seed)
+        for tile_pixels in sizes:
+            torch.manual_seed(seed)
+            model = build_model(args.model, cube.shape[-1], P, int(labels.max()))
+            cfg = TrainConfig(
+                epochs=args.epochs,
+                batching=args.batching,
+                tile_pixels=tile_pixels or TrainConfig.tile_pixels,
+                seed=seed,
+            )
+            result = train_classifier(
+                model, cube, labels, split.train, split.val, cfg, patch_size=P,
+                device=device, progress=False,
+            )  # fmt: skip
+            pred = predict_scene(model, cube, P, device=device).labels
+            n_classes = int(labels.max())
+            cm = confusion_matrix(labels[split.test] - 1, pred[split.test] - 1, n_classes)
+            m = classification_metrics(cm)
+            print(
+                f"{args.batching:<10}{tile_pixels or '-':>8}{seed:>5}"
+                f"{result.samples_per_s:>11.1f}{result.wall_time_s:>9.0f}"
+                f"{100 * result.best_val_oa:>13.2f}{result.best_epoch:>9}"
+                f"{100 * m['oa']:>9.2f}{100 * m['aa']:>8.2f}{100 * m['kappa']:>8.2f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Resume: a killed training continues from its last completed epoch and ends as if never killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.models import build_model
+from pipeline.params import validate
+from pipeline.provenance import prepared_fingerprint
+from pipeline.training.checkpoint import load_checkpoint, load_state, save_state
+from pipeline.training.classifier import TrainConfig, train_classifier
+
+K, P, C = 14, 11, 3
+
+
+def _scene(seed=0, h=20, w=18):
+    rng = np.random.default_rng(seed)
+    labels = np.broadcast_to(1 + (np.arange(w) // 3) % C, (h, w)).astype(np.int64).copy()
+    cube = (rng.normal(size=(h, w, K)) + labels[..., None]).astype(np.float32)
+    train = rng.random((h, w)) < 0.35
+    val = ~train & (rng.random((h, w)) < 0.3)
+    test = ~train & ~val
+    return cube, labels, train, val, test
+
+
+@pytest.mark.parametrize("batching", ["tiles", "patches"])
+def test_resumed_training_ends_identical(tmp_path, batching):
+    cube, labels, train, val, _ = _scene()
+    cfg = TrainConfig(
+        epochs=4, batching=batching, tile_pixels=30, batch_size=32, seed=2, schedule="cosine"
+    )
+
+    def fit(resume=None, state_file=None, stop_after=None):
+        torch.manual_seed(0)
+        model = build_model("hybridsn_dsc", K, P, C)
+        saved = []
+
+        def keep(state):
+            save_state(tmp_path / f"epoch{state['epoch']}.pt", state, fingerprint="fp")
+            saved.append(state["epoch"])
+            if stop_after is not None and state["epoch"] == stop_after:
+                raise KeyboardInterrupt  # the process dies right after writing its state
+
+        return train_classifier(
+            model, cube, labels, train, val, cfg, patch_size=P, progress=False,
+            resume=resume, save_state=keep,
+        ), saved  # fmt: skip
+
+    full, saved = fit()
+    assert saved == [1, 2, 3, 4]
+    with pytest.raises(KeyboardInterrupt):
+        fit(stop_after=2)
+    state = load_state(tmp_path / "epoch2.pt", fingerprint="fp")
+    resumed, saved = fit(resume=state)
+    assert saved == [3, 4] and resumed.resumed_from == 3
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert resumed.best_epoch == full.best_epoch
+    for key, value in full.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+
+
+def _write_prepared(root: Path, name: str) -> None:
+    cube, labels, train, val, test = _scene()
+    d = root / "data" / "prepared" / name
+    d.mkdir(parents=True)
+    split = {"train": train, "val": val, "test": test, "guard": np.zeros_like(train)}
+    pca = {"mean": np.zeros(K), "components": np.eye(K), "whiten": np.array(False)}
+    np.save(d / "cube.npy", cube)
+    np.save(d / "labels.npy", labels)
+    np.savez_compressed(d / "split.npz", **split)
+    np.savez_compressed(d / "pca.npz", **pca)
+    meta = {
+        "dataset": name,
+        "class_names": ["a", "b", "c"],
+        "n_classes": C,
+        "rgb_bands": [0, 1, 2],
+        "palette": None,
+        "cube_sha256": "0" * 64,
+        "raw_bands": K,
+        "fingerprint": prepared_fingerprint(cube, labels, split, pca),
+    }
+    (d / "meta.json").write_text(json.dumps(meta))
+
+
+def _hsi(cwd: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "--params", "params.yaml", *args]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kw)
+
+
+@pytest.mark.integration
+def test_train_stage_resumes_after_kill_9(tmp_path):
+    """kill -9 mid-training; the same command resumes and ends with the uninterrupted weights."""
+    params = validate(
+        {
+            "dataset": {"name": "indian_pines"},
+            "patch": {"size": P},
+            "train": {"device": "cpu", "epochs": 4, "tile_pixels": 30},
+            "tracking": {"enabled": False},
+        }
+    )
+    runs = {}
+    for case in ("killed", "whole"):
+        root = tmp_path / case
+        root.mkdir()
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        _write_prepared(root, "indian_pines")
+        runs[case] = root
+    args = ("train", "--model", "hybridsn", "--seed", "0")
+    state_file = runs["killed"] / "models" / "indian_pines" / ".resume" / "hybridsn-seed0.pt"
+
+    proc = _hsi(runs["killed"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.exists() and _epoch(state_file) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _epoch(state_file)
+    assert 1 <= killed_at < 4
+
+    again = _hsi(runs["killed"], *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert f"resuming from epoch {killed_at + 1}" in out
+    assert not state_file.exists()  # cleared once the checkpoint is written
+    whole = _hsi(runs["whole"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    assert whole.wait(timeout=300) == 0
+    summary = json.loads(
+        (runs["killed"] / "reports" / "indian_pines" / "hybridsn-seed0" / "train.json").read_text()
+    )
+    assert summary["resumed_from_epoch"] == killed_at + 1
+    a, b = (
+        load_checkpoint(runs[c] / "models" / "indian_pines" / "hybridsn-seed0.pt")["state_dict"]
+        for c in ("killed", "whole")
+    )
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _epoch(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["state"]["epoch"])
+    except Exception:  # being renamed into place right now
+        return -1
