@@ -241,3 +241,28 @@ def test_no_source_file_points_outside_the_repo():
         if _OUTSIDE.search(line)
     ]
     assert not hits, "paths outside the repository:\n" + "\n".join(hits)
+
+
+def _layout_section() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Layout")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def test_readme_layout_matches_the_tree():
+    """Every module of the package is named in README "Layout", and every name there exists."""
+    section = _layout_section()
+    named = set(re.findall(r"[\w]+\.py", section))
+    modules = {
+        p.name for p in PKG.rglob("*.py") if not _trivial_init(p.relative_to(REPO).as_posix())
+    }
+    missing = sorted(modules - named)
+    assert not missing, f'README "Layout" does not name {missing}'
+    existing = {
+        p.name for d in ("pipeline", "bench", "tools", "tests") for p in (REPO / d).rglob("*.py")
+    }
+    stale = sorted(named - existing)
+    assert not stale, f'README "Layout" names files that do not exist: {stale}'
+    for folder in ("bench/", "tools/", "tests/"):
+        assert (REPO / folder).is_dir() == (folder in section), folder
