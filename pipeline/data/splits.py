@@ -767,7 +767,7 @@ def split_summary(
         "mode": split.mode,
         "seed": split.seed,
         "patch_size": p,
-        "guard": split.guard_mode,
+        "guard": split.guard_mode if split.mode == "disjoint" else None,
         "tile_size": split.tile_size,
         "counts": counts,
         "per_class": per_class,
