@@ -36,6 +36,7 @@ PARAMS = {
     },
     "evaluate": {"batch_size": 256},
     "denoise": {
+        "models": ["dncnn"],
         "depth": 4,
         "channels": 8,
         "patch_size": 16,
@@ -257,6 +258,8 @@ def test_every_training_run_logs_its_dataset_input(server, project):
         assert profile["shape"] == meta["shape"]
         assert profile["counts"] == {k: int(split[k].sum()) for k in ("train", "val", "test")}
         assert profile["protocol"] == _tags(runs[rid])["protocol"]
+    (report,) = [r for r in runs.values() if r["info"]["run_name"] == "report"]
+    assert report["inputs"]["dataset_inputs"][0]["dataset"]["name"] == DATASET
     (dncnn,) = _runs(server, "denoising")
     ds = dncnn["inputs"]["dataset_inputs"][0]["dataset"]
     assert ds["name"] == DATASET and json.loads(ds["profile"])["sha256"] == meta["cube_sha256"]
