@@ -1,12 +1,16 @@
-"""DnCNN denoising throughput, in megapixels per second of band-pixels (H·W·B / time).
+"""Denoiser throughput: training steps and whole-cube inference of every model of
+``denoise.models``, in megapixels per second.
 
-A synthetic cube of Indian Pines size (145×145×200, values in [0, 1]) is denoised band by band
-with :func:`pipeline.evaluation.denoise.denoise_cube`, as `denoise_evaluate` and `robustness` do,
-on the CPU and, when present, on CUDA (fp32 and bf16 autocast). Weights are random: the time
-does not depend on them. Prints a small table with the device name and the date.
+Training: band-pixels of the input patches per second (batch × patch² / step time) with Adam,
+fp32 against bf16 autocast + channels-last (what the loop uses on CPUs with native bf16).
+Inference: a synthetic cube of Indian Pines size (145×145×200, values in [0, 1]) denoised with
+:func:`pipeline.evaluation.denoise.denoise_cube`, as `denoise_evaluate` and `robustness` do;
+Mpx/s counts the cube's band-pixels (H·W·B / time), so the models compare on the same work
+(``dncnn_subspace`` runs only its ``rank`` eigen-images through the network). Weights are random:
+the time does not depend on them. Prints a table with the device, torch version and date.
 
-    .venv/bin/python bench/denoise_throughput.py                # full cube on every device
-    .venv/bin/python bench/denoise_throughput.py --cpu-bands 10 # a quicker CPU estimate
+    .venv/bin/python bench/denoise_throughput.py               # params.yaml's sizes
+    .venv/bin/python bench/denoise_throughput.py --steps 3 --bands 40   # a quicker estimate
 """
 
 from __future__ import annotations
@@ -18,65 +22,120 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.evaluation.denoise import denoise_cube
-from pipeline.models.dncnn import DnCNN
-from pipeline.training.common import device_name
+from pipeline.models.denoisers import build_denoiser
+from pipeline.params import load_params
+from pipeline.training.common import autocast, cpu_bf16_supported, device_name
+from pipeline.training.denoise_data import fit_subspace, sample_patches, training_planes
+from pipeline.training.denoiser import trained_net
 
 SHAPE = (145, 145, 200)
 
 
-def measure(model, cube, device: torch.device, amp: bool, repeats: int) -> float:
-    """Best-of-``repeats`` seconds to denoise ``cube`` (one warm-up pass first)."""
-    denoise_cube(model, cube[..., : min(4, cube.shape[-1])], device=device, amp=amp)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def _model(name: str, dp: dict, cube: np.ndarray, rank: int) -> nn.Module:
+    arch = {"depth": dp["depth"], "channels": dp["channels"]}
+    if name == "dncnn_subspace":
+        sub = fit_subspace(cube[::4, ::4])
+        model = build_denoiser(name, **arch, bands=cube.shape[-1], rank=rank)
+        model.set_subspace(sub.mean, sub.basis, sub.eigvals)
+        return model
+    if name == "dncnn_spectral":
+        return build_denoiser(name, **arch, k=dp["spectral_k"])
+    return build_denoiser(name, **arch)
+
+
+def train_step_seconds(net, x, noise, device, amp: bool, channels_last: bool, steps: int) -> float:
+    """Median seconds of one Adam step on the batch ``x`` (one warm-up step first)."""
+    net = net.to(device).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net.to(memory_format=fmt)
+    x = x.to(device).contiguous(memory_format=fmt)
+    noise = noise.to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps + 1):
         t0 = time.perf_counter()
-        denoise_cube(model, cube, device=device, amp=amp)
+        with autocast(device, amp, cpu=True):
+            pred = net.predict_noise(x)
+        loss = nn.functional.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+        times.append(time.perf_counter() - t0)
+    net.to(memory_format=torch.contiguous_format)
+    return float(np.median(times[1:]))
+
+
+def inference_seconds(model, cube, device, amp: bool) -> float:
+    denoise_cube(model, cube[:16, :16], device=device, amp=amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    denoise_cube(model, cube, device=device, amp=amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--depth", type=int, default=17)
-    p.add_argument("--channels", type=int, default=64)
-    p.add_argument("--cpu-bands", type=int, default=SHAPE[2], help="bands timed on the CPU")
-    p.add_argument("--repeats", type=int, default=3, help="CUDA repeats (best kept)")
-    p.add_argument("--cpu-repeats", type=int, default=1)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per setting")
+    p.add_argument("--bands", type=int, default=SHAPE[2], help="bands of the inference cube")
+    p.add_argument("--rank", type=int, default=35, help="dncnn_subspace eigen-images")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
+    dp = load_params(args.params)["denoise"]
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
-    model = DnCNN(depth=args.depth, channels=args.channels).eval()
-    cube = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
-    runs = [("cpu", torch.device("cpu"), False, args.cpu_bands, args.cpu_repeats)]
-    if torch.cuda.is_available():
-        cuda = torch.device("cuda")
-        runs += [
-            ("cuda fp32", cuda, False, SHAPE[2], args.repeats),
-            ("cuda bf16", cuda, True, SHAPE[2], args.repeats),
-        ]
-
+    rng = np.random.default_rng(0)
+    cube = rng.random((*SHAPE[:2], args.bands), dtype=np.float32)
+    gen = torch.Generator().manual_seed(0)
+    name_dev = device_name(device)
+    if device.type == "cpu":
+        name_dev = f"cpu ({torch.get_num_threads()} threads, native bf16: {cpu_bf16_supported()})"
     print(
-        f"DnCNN depth {args.depth}, {args.channels} channels; cube {SHAPE[0]}×{SHAPE[1]}×"
-        f"{SHAPE[2]}; torch {torch.__version__}; {platform.node()}; "
+        f"denoisers depth {dp['depth']}, {dp['channels']} channels, batch {dp['batch_size']} of "
+        f"{dp['patch_size']}²; cube {SHAPE[0]}×{SHAPE[1]}×{args.bands}; {name_dev}; "
+        f"torch {torch.__version__}; {platform.node()}; "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
     )
-    header = f"{'run':<10} {'device':<32} {'bands':>5} {'seconds':>9} {'Mpx/s':>9}"
+    header = f"{'model':<16} {'what':<28} {'seconds':>9} {'Mpx/s':>8}"
     print(header)
     print("-" * len(header))
-    for label, device, amp, bands, repeats in runs:
-        sub = np.ascontiguousarray(cube[..., :bands])
-        seconds = measure(model, sub, device, amp, repeats)
-        mpx = sub.size / seconds / 1e6
-        name = device_name(device)
-        if device.type == "cpu":
-            name = f"cpu ({torch.get_num_threads()} threads)"
-        print(f"{label:<10} {name:<32} {bands:>5} {seconds:>9.3f} {mpx:>9.2f}")
+    for name in dp["models"]:
+        model = _model(name, dp, cube, args.rank)
+        planes = training_planes(
+            name,
+            cube[:48, :48],
+            k=dp.get("spectral_k", 0),
+            sub=fit_subspace(cube[:48, :48]),
+            rank=min(args.rank, args.bands),
+        )
+        x = sample_patches(
+            torch.as_tensor(planes.planes),
+            torch.as_tensor(planes.table),
+            dp["batch_size"],
+            dp["patch_size"],
+            gen,
+        )
+        noise = torch.randn(x.shape[0], 1, *x.shape[2:], generator=gen) * 0.1
+        px = x.shape[0] * x.shape[2] * x.shape[3] / 1e6
+        for amp, cl in ((False, False), (True, True)):
+            if amp and not (device.type == "cuda" or cpu_bf16_supported()):
+                continue
+            s = train_step_seconds(trained_net(model), x, noise, device, amp, cl, args.steps)
+            label = "train step " + ("bf16 + channels-last" if amp else "fp32")
+            print(f"{name:<16} {label:<28} {s:>9.3f} {px / s:>8.3f}")
+        for amp in (False, True):
+            s = inference_seconds(model, cube, device, amp)
+            label = f"whole cube {'bf16' if amp else 'fp32'}"
+            print(f"{name:<16} {label:<28} {s:>9.2f} {cube.size / s / 1e6:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -498,3 +498,18 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, caplog):
     assert [r["train_loss"] for r in res.history] == [r["train_loss"] for r in ref.history]
     for k, v in ref.state_dict.items():
         assert torch.equal(v, res.state_dict[k]), k
+
+
+def test_subspace_model_leaves_a_clean_cube_as_it_is():
+    """σ̂ ≈ 0 (no noise): the output is the input, whatever the network; with noise it is not."""
+    from pipeline.evaluation.denoise import denoise_cube
+
+    clean = smooth_cube(bands=8)
+    sub = fit_subspace(clean)
+    model = DnCNNSubspace(depth=3, channels=4, bands=8, rank=3).eval()
+    model.set_subspace(sub.mean, sub.basis, sub.eigvals)
+    np.testing.assert_array_equal(denoise_cube(model, clean, amp=False), clean)
+    with torch.no_grad():
+        assert torch.equal(model(torch.from_numpy(clean)), torch.from_numpy(clean))
+    noisy = add_noise(clean, 30, 0)
+    assert not np.allclose(denoise_cube(model, noisy, amp=False), noisy, atol=1e-3)

@@ -271,12 +271,13 @@ def denoise_cube(
     step = batch_bands or max(1, PIXELS_PER_BATCH // (h * w))
     if isinstance(model, DnCNNSubspace):
         model = model.to("cpu")
-        z = model.eigen_images(torch.from_numpy(cube).double().to(model.basis.dtype))
-        head = z[..., : model.rank].permute(2, 0, 1).float().contiguous()
+        z = model.eigen_images(torch.from_numpy(cube))
+        if model.is_clean(z):
+            return cube.copy()
+        head = z[..., : model.rank].permute(2, 0, 1).contiguous()
         rows = np.arange(model.rank)[:, None]
         out = _run_planes(model.denoiser, head, rows, device, amp, step, progress)
-        den = model.reconstruct(out.permute(1, 2, 0).to(z.dtype), z)
-        return den.float().numpy()
+        return model.reconstruct(out.permute(1, 2, 0), z).numpy()
     planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(cube, -1, 0)))
     if isinstance(model, DnCNNSpectral):
         table = neighbour_bands(bands, model.config["k"])
