@@ -131,10 +131,11 @@ def test_mlflow_run_holds_params_and_metrics(tmp_path, monkeypatch):
         for step in (1, 2):
             run.log_metrics({"train_loss": 1.0 / step, "val_oa": 0.5 * step}, step=step)
         run.log_artifact(tmp_path / "curve.csv")
-    with start_run(params, "toy", "hybridsn-seed0", {"stage": "evaluate"}, resume=True) as run:
+        run_id = run.run_id
+    with start_run(params, "toy", "hybridsn-seed0", {"stage": "evaluate"}, run_id=run_id) as run:
         run.log_metrics({"test_oa": 0.9})
     client = mlflow.MlflowClient(tracking_uri=params["tracking"]["uri"])
-    exp = client.get_experiment_by_name("toy")
+    exp = client.get_experiment_by_name("toy/classification")
     (r,) = client.search_runs([exp.experiment_id])
     assert r.info.run_name == "hybridsn-seed0"
     assert r.data.params["train.lr"] == "0.001" and r.data.params["n_params"] == "42"
