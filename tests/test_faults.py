@@ -561,3 +561,20 @@ def test_outputs_of_a_custom_dataset_are_ignored_by_git(path):
         pytest.skip("not a git checkout")
     proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=root)
     assert proc.returncode == 0, f"{path} is not ignored by git"
+
+
+def test_staging_folder_of_a_killed_fetch_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.data.fetching import fetch_dataset
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "raw" / "custom"
+    left = out.parent / f".custom.fetching-{dead.pid}-abc"  # what kill -9 mid-fetch leaves
+    left.mkdir(parents=True)
+    (left / "cube.npy").write_bytes(b"partial")
+    cube, gt = _cube_gt()
+    fetch_dataset("custom", out, custom=_custom(tmp_path, cube, gt))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["custom"]
