@@ -143,7 +143,9 @@ def run(params: dict, model_name: str, seed: int) -> dict:
 
     tags = {"stage": "evaluate", "model": model_name, "seed": seed, "device": device_name(device)}
     name = run_name(model_name, seed)
-    train_run = recorded_run_id(out / "train.json")
+    # the checkpoint's own record first: a train.json left by an earlier, interrupted run
+    # must not send these metrics to another run
+    train_run = ckpt["meta"].get("mlflow_run_id") or recorded_run_id(out / "train.json")
     with start_run(params, data.meta["dataset"], name, tags, run_id=train_run) as mlrun:
         mlrun.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         for name in (
