@@ -578,3 +578,36 @@ def test_staging_folder_of_a_killed_fetch_is_removed_by_the_next(tmp_path):
     cube, gt = _cube_gt()
     fetch_dataset("custom", out, custom=_custom(tmp_path, cube, gt))
     assert sorted(p.name for p in out.parent.iterdir()) == ["custom"]
+
+
+def test_evaluate_logs_to_the_run_its_checkpoint_records_not_a_stale_train_json(
+    tmp_path, monkeypatch
+):
+    import contextlib
+
+    from pipeline.stages import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    params, _ = _params(tmp_path)
+    cube, labels, split, pca = _scene()
+    _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    fp = prepared_fingerprint(cube, labels, split, pca)
+    ckpt = tmp_path / "models" / "indian_pines" / "hybridsn-seed0.pt"
+    _classifier_ckpt(ckpt, data_fingerprint=fp, meta={"dataset": "toy", "mlflow_run_id": "new"})
+    out = tmp_path / "reports" / "indian_pines" / "hybridsn-seed0"
+    out.mkdir(parents=True)
+    (out / "train.json").write_text(json.dumps({"mlflow_run_id": "old"}))  # interrupted retrain
+    seen = {}
+
+    class _Run:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    @contextlib.contextmanager
+    def fake_start_run(*args, run_id=None, **kw):
+        seen["run_id"] = run_id
+        yield _Run()
+
+    monkeypatch.setattr(evaluate, "start_run", fake_start_run)
+    evaluate.run(params, "hybridsn", 0)
+    assert seen["run_id"] == "new"
