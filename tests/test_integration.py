@@ -202,7 +202,9 @@ def test_report_summary(repo):
     summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
     assert summary["baseline"] == "hybridsn"
     assert summary["models"]["hybridsn"]["oa"]["n"] == 2
-    assert [r["seed"] for r in summary["mcnemar"]["hybridsn_se"]["per_seed"]] == [0, 1]
+    assert [r["seed"] for r in summary["comparisons"]["hybridsn_se"]["mcnemar"]] == [0, 1]
+    run = json.loads((root / "reports/indian_pines/hybridsn-seed1/metrics.json").read_text())
+    assert summary["models"]["hybridsn"]["runs"]["hybridsn-seed1"]["oa"] == run["oa"]
     md = (root / "reports/indian_pines/summary.md").read_text()
     assert "McNemar" in md and "hybridsn_se" in md
     assert (root / "reports/indian_pines/variants_maps.png").stat().st_size > 5000
