@@ -55,8 +55,14 @@ def test_pixel_logits_runs_without_autocast(padded):
             return super().forward(x)
 
     rows, cols = torch.arange(H), torch.zeros(H, dtype=torch.long)
-    pixel_logits(Probe(), padded, rows, cols, P, 4)
+    model = Probe()
+    plain = pixel_logits(model, padded, rows, cols, P, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. a training loop's autocast region
+        inside = pixel_logits(model, padded, rows, cols, P, 4)
+        scene, _ = scene_logits(model, padded, P, batch_size=16)
     assert seen and all(s == (False, torch.float32, torch.float32) for s in seen)
+    assert inside.dtype == torch.float32 and scene.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
 
 
 def test_scene_logits_patch_path_covers_every_pixel(padded):

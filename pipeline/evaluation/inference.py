@@ -32,6 +32,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _fp32(device: torch.device):
+    """Autocast off, even inside a caller's autocast region: inference is always fp32."""
+    return torch.autocast(device.type, enabled=False)
+
+
 @torch.inference_mode()
 def pixel_logits(
     model: nn.Module,
@@ -48,16 +53,18 @@ def pixel_logits(
     The one patch-inference loop: validation during training, the patch path of a scene pass
     and the benchmarks all use it, so a pixel gets the same prediction whichever of them asks.
     ``padded`` is the channels-first cube from :func:`pipeline.data.patches.pad_cube`; patches
-    are gathered on its device, one batch at a time. Always fp32 (no autocast), so validation
-    OA, which picks the checkpoint, and test OA are measured at the same precision.
+    are gathered on its device, one batch at a time. Always fp32 (autocast is switched off even
+    inside a caller's autocast region), so validation OA, which picks the checkpoint, and test
+    OA are measured at the same precision.
     """
     model.eval()
     n = len(rows)
     out: list[torch.Tensor] = []
     batches = iter_patch_batches(padded, rows, cols, patch_size, batch_size)
     total = -(-n // int(batch_size)) if n else 0
-    for _, x in tqdm(batches, total=total, desc="patches", unit="batch", disable=not progress):
-        out.append(model(x).float())
+    with _fp32(padded.device):
+        for _, x in tqdm(batches, total=total, desc="patches", unit="batch", disable=not progress):
+            out.append(model(x).float())
     if not out:
         return torch.empty((0, 0), dtype=torch.float32, device=padded.device)
     return torch.cat(out)
@@ -82,7 +89,8 @@ def scene_logits(
     model.eval()
     h, w = padded.shape[1] - patch_size + 1, padded.shape[2] - patch_size + 1
     if dense and getattr(model, "supports_dense", False):
-        logits = model.forward_dense(padded[None, None], chunk_rows=strip_rows)[0]
+        with _fp32(padded.device):
+            logits = model.forward_dense(padded[None, None], chunk_rows=strip_rows)[0]
         return logits.float(), "dense"
     rows, cols = torch.meshgrid(
         torch.arange(h, device=padded.device), torch.arange(w, device=padded.device), indexing="ij"
