@@ -146,3 +146,15 @@ def check_recorded(path: str | os.PathLike, current: str | None, *, against: str
     except (OSError, ValueError, AttributeError):
         raise DataError(f"{path}: missing or unreadable; run `{fix}`") from None
     check_provenance(str(path), recorded, current, against=against, fix=fix)
+
+
+def raw_fingerprint(manifest: Mapping[str, Any], crop: Any) -> str:
+    """Fingerprint of a fetched raw scene as used: its cube and label files' sha256 and the crop
+    (for outputs made from the raw cube, such as denoiser checkpoints)."""
+    return fingerprint(
+        {
+            "cube_sha256": manifest["cube"]["sha256"],
+            "gt_sha256": manifest["gt"]["sha256"],
+            "crop": crop,
+        }
+    )

@@ -611,3 +611,14 @@ def test_evaluate_logs_to_the_run_its_checkpoint_records_not_a_stale_train_json(
     monkeypatch.setattr(evaluate, "start_run", fake_start_run)
     evaluate.run(params, "hybridsn", 0)
     assert seen["run_id"] == "new"
+
+
+def test_raw_fingerprint_changes_with_cube_labels_and_crop():
+    from pipeline.provenance import raw_fingerprint
+
+    m = {"cube": {"sha256": "a"}, "gt": {"sha256": "b"}}
+    base = raw_fingerprint(m, None)
+    assert base == raw_fingerprint({"gt": {"sha256": "b"}, "cube": {"sha256": "a"}}, None)
+    assert base != raw_fingerprint({**m, "cube": {"sha256": "c"}}, None)
+    assert base != raw_fingerprint({**m, "gt": {"sha256": "c"}}, None)
+    assert base != raw_fingerprint(m, [0, 10, 0, 10])
