@@ -116,6 +116,23 @@ def test_checkpoint_whose_weights_do_not_fit_names_them(tmp_path):
     assert str(path) in msg and f"missing weights {first}" in msg and "extra.weight" in msg
 
 
+def test_checkpoint_with_wrong_shapes_or_config_is_one_line(tmp_path):
+    path = tmp_path / "m.pt"
+    model = _classifier_ckpt(path)
+    sd = model.state_dict()
+    first = next(k for k, v in sd.items() if v.ndim > 1)
+    sd[first] = torch.zeros(2, 2)
+    _classifier_ckpt(path, state_dict=sd)
+    with pytest.raises(
+        DataError, match=rf"m\.pt: 'state_dict' does not fit the model: size mismatch for {first}"
+    ) as e:
+        load_model(load_checkpoint(path))
+    assert "\n" not in str(e.value)
+    _classifier_ckpt(path, model_config={**model.config, "name": "nonesuch"})
+    with pytest.raises(DataError, match=r"m\.pt: 'model_config' does not describe a model"):
+        load_model(load_checkpoint(path))
+
+
 def test_checkpoint_with_altered_pca_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     _classifier_ckpt(path)

@@ -261,7 +261,13 @@ def load_model(
         model = (build or _build)(ckpt)
     except (TypeError, ValueError, KeyError, ParamsError) as e:
         raise DataError(f"{path}: 'model_config' does not describe a model ({e})") from None
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    try:
+        result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as e:  # same names, other shapes
+        sizes = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise DataError(
+            f"{path}: 'state_dict' does not fit the model: {_few(sizes, 1) or 'unreadable'}"
+        ) from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing weights {_few(result.missing_keys)}")
