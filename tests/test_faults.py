@@ -639,3 +639,12 @@ def test_raw_fingerprint_changes_with_cube_labels_and_crop():
     assert base != raw_fingerprint({**m, "cube": {"sha256": "c"}}, None)
     assert base != raw_fingerprint({**m, "gt": {"sha256": "c"}}, None)
     assert base != raw_fingerprint(m, [0, 10, 0, 10])
+
+
+def test_hsi_data_dir_that_is_not_a_folder_is_an_error(tmp_path, monkeypatch):
+    from pipeline.data.fetching import DATA_DIR_ENV, fetch_dataset
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "typo"))
+    with pytest.raises(DataError, match=r"HSI_DATA_DIR=.*typo is not a directory"):
+        fetch_dataset("indian_pines", tmp_path / "raw" / "indian_pines")
+    assert not (tmp_path / "raw" / "indian_pines").exists()

@@ -237,7 +237,10 @@ def _local_dir(data_dir: str | os.PathLike | None, source: str) -> Path | None:
         path = Path(env)
         if path.is_dir():
             return path
-        log.warning("$%s=%s is not a directory; ignoring it", DATA_DIR_ENV, env)
+        raise DataError(
+            f"${DATA_DIR_ENV}={env} is not a directory; fix or unset it (the data would "
+            "otherwise silently come from another source)"
+        )
     if source == "local":
         raise ParamsError(f"source='local' needs data_dir=... or the ${DATA_DIR_ENV} variable")
     return None
