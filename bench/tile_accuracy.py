@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--model", default="hybridsn")
     ap.add_argument("--batching", default="tiles", choices=["tiles", "patches"])
     ap.add_argument("--tile-pixels", type=int, nargs="+", default=[TrainConfig.tile_pixels])
+    ap.add_argument("--tile-size", type=int, nargs="+", default=[0], help="0 = derived")
+    ap.add_argument("--curve", action="store_true", help="print validation OA every epoch")
+    ap.add_argument("--no-amp", action="store_true", help="fp32 training (no bf16 autocast)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=100)
     args = ap.parse_args()
@@ -54,32 +57,40 @@ def main() -> None:
     print(f"device: {device_name(device)}  threads: {torch.get_num_threads()}  ", end="")
     print(f"date: {datetime.date.today()}  model: {args.model}  epochs: {args.epochs}")
     print(
-        f"{'batching':<10}{'tile px':>8}{'seed':>5}{'samples/s':>11}{'train s':>9}"
+        f"{'batching':<10}{'tile px':>8}{'side':>5}{'seed':>5}{'samples/s':>11}{'train s':>9}"
         f"{'best val OA':>13}{'at epoch':>9}{'test OA':>9}{'AA':>8}{'kappa':>8}",
         flush=True,
     )
     sizes = args.tile_pixels if args.batching == "tiles" else [0]
+    sides = args.tile_size if args.batching == "tiles" else [0]
     for seed in args.seeds:
         cube, labels, split = load(seed)
-        for tile_pixels in sizes:
+        for tile_pixels, tile_size in ((p, s) for p in sizes for s in sides):
             torch.manual_seed(seed)
             model = build_model(args.model, cube.shape[-1], P, int(labels.max()))
             cfg = TrainConfig(
                 epochs=args.epochs,
                 batching=args.batching,
                 tile_pixels=tile_pixels or TrainConfig.tile_pixels,
+                tile_size=tile_size or None,
                 seed=seed,
+                amp=not args.no_amp,
+            )
+            curve = (
+                (lambda r: print(f"  epoch {r['epoch']}: val OA {r['val_oa']:.4f}", flush=True))
+                if args.curve
+                else None
             )
             result = train_classifier(
                 model, cube, labels, split.train, split.val, cfg, patch_size=P,
-                device=device, progress=False,
+                device=device, progress=False, on_epoch=curve,
             )  # fmt: skip
             pred = predict_scene(model, cube, P, device=device).labels
             n_classes = int(labels.max())
             cm = confusion_matrix(labels[split.test] - 1, pred[split.test] - 1, n_classes)
             m = classification_metrics(cm)
             print(
-                f"{args.batching:<10}{tile_pixels or '-':>8}{seed:>5}"
+                f"{args.batching:<10}{tile_pixels or '-':>8}{tile_size or '-':>5}{seed:>5}"
                 f"{result.samples_per_s:>11.1f}{result.wall_time_s:>9.0f}"
                 f"{100 * result.best_val_oa:>13.2f}{result.best_epoch:>9}"
                 f"{100 * m['oa']:>9.2f}{100 * m['aa']:>8.2f}{100 * m['kappa']:>8.2f}",

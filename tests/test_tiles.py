@@ -103,36 +103,74 @@ def _windows(maps, rows, cols, k):
     return view.permute(1, 2, 0, 3, 4)[rows, cols]
 
 
-@pytest.mark.parametrize("side", [1, 4, 7, 23])
+def test_several_tiles_in_one_pass_equal_the_patch_path():
+    """A step's tiles are batched: still the patch path's loss, gradients and BN statistics."""
+    gen = torch.Generator().manual_seed(5)
+    padded = pad_cube(torch.randn(H, W, K, generator=gen), P)
+    tile_model = build_model("hybridsn_dsc", K, P, C, dropout=0.0).train()
+    patch_model = copy.deepcopy(tile_model)
+    starts, side = [(0, 0), (12, 9), (4, 10)], 9
+    tiles = torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    rows = torch.tensor([0, 8, 3, 1, 0, 8, 5])
+    cols = torch.tensor([0, 2, 8, 4, 0, 8, 1])
+    windows = torch.stack(
+        [padded[:, r : r + side + P - 1, c : c + side + P - 1] for r, c in starts]
+    )[:, None]
+    scene_rows = rows + torch.tensor([r for r, _ in starts])[tiles]
+    scene_cols = cols + torch.tensor([c for _, c in starts])[tiles]
+    target = torch.randint(0, C, (7,), generator=gen)
+    tile_loss, tile_grads = _loss_and_grads(
+        tile_model, tile_model.forward_tile(windows, rows, cols, tiles), target
+    )
+    patch_loss, patch_grads = _loss_and_grads(
+        patch_model, patch_model(gather_patches(padded, scene_rows, scene_cols, P)), target
+    )
+    assert tile_loss == pytest.approx(patch_loss, rel=1e-5)
+    for key, g in patch_grads.items():
+        assert (tile_grads[key] - g).abs().max() / (g.abs().max() + 1e-12) < 1e-4, key
+    for (key, a), (_, b) in zip(
+        tile_model.named_buffers(), patch_model.named_buffers(), strict=True
+    ):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("side", [(1, 1), (4, 4), (7, 5), (H, W)])
 def test_tile_plan_uses_every_pixel_once(side):
-    gen = torch.Generator().manual_seed(side)
+    gen = torch.Generator().manual_seed(side[0])
     mask = torch.rand(H, W, generator=gen) < 0.4
     rows, cols = (t.long() for t in torch.nonzero(mask, as_tuple=True))
+    th, tw = side
     for _ in range(3):
-        steps = tile_plan(rows, cols, H, W, side, gen, max_pixels=5)
-        seen = torch.cat([idx for _, idx in steps])
+        steps = tile_plan(rows, cols, H, W, side, gen, step_pixels=5)
+        seen = torch.cat([step.pixels for step in steps])
         assert sorted(seen.tolist()) == list(range(rows.numel()))
-        for (r0, r1, c0, c1), idx in steps:
-            assert 0 < idx.numel() <= 5
-            assert 0 <= r0 < r1 <= H and 0 <= c0 < c1 <= W
-            assert r1 - r0 <= side and c1 - c0 <= side
-            assert ((rows[idx] >= r0) & (rows[idx] < r1)).all()
-            assert ((cols[idx] >= c0) & (cols[idx] < c1)).all()
+        for step in steps[:-1]:
+            assert step.pixels.numel() >= 5
+        for step in steps:
+            assert step.tiles.numel() == step.pixels.numel()
+            for t, (r0, c0) in enumerate(step.starts):
+                assert 0 <= r0 <= H - th and 0 <= c0 <= W - tw
+                mine = step.pixels[step.tiles == t]
+                assert mine.numel() > 0  # tiles without training pixels are dropped
+                assert ((rows[mine] >= r0) & (rows[mine] < r0 + th)).all()
+                assert ((cols[mine] >= c0) & (cols[mine] < c0 + tw)).all()
 
 
-def test_tile_plan_offsets_move():
+def test_tile_plan_offsets_move_and_steps_mix_the_scene():
     rows, cols = (
         t.reshape(-1) for t in torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     )
     gen = torch.Generator().manual_seed(0)
-    firsts = {tile_plan(rows, cols, H, W, 8, gen)[0][0] for _ in range(20)}
-    assert len(firsts) > 3
+    plans = [tile_plan(rows, cols, H, W, (4, 4), gen, step_pixels=40) for _ in range(10)]
+    assert len({p[0].starts[0] for p in plans}) > 3
+    assert max(len(step.starts) for p in plans for step in p) >= 3
 
 
-def test_tile_side_follows_density():
-    assert tile_side(100, 100, 100, 100) == 100
-    assert tile_side(10_000, 100, 100, 400) == 20
-    assert tile_side(1, 50, 40, 10_000) == 50
+def test_tile_side_defaults_to_twice_the_halo():
+    assert tile_side(25, 145, 145) == (48, 48)
+    assert tile_side(25, 30, 145) == (30, 48)
+    assert tile_side(25, 145, 145, 16) == (16, 16)
 
 
 def test_resolve_batching():
@@ -157,7 +195,7 @@ def _scene(seed=0):
 
 def test_tile_training_deterministic_and_learns():
     cube, labels, train, val = _scene()
-    cfg = TrainConfig(epochs=4, batching="tiles", tile_pixels=40, seed=1, amp=False)
+    cfg = TrainConfig(epochs=4, batching="tiles", tile_pixels=40, tile_size=6, seed=1, amp=False)
 
     def fit():
         torch.manual_seed(0)
@@ -178,7 +216,7 @@ def test_empty_tiles_are_skipped_never_nan():
     cube, labels, _, _ = _scene()
     train = np.zeros((H, W), dtype=bool)
     train[:3, :3] = True
-    cfg = TrainConfig(epochs=3, batching="tiles", tile_pixels=1, seed=0, amp=False)
+    cfg = TrainConfig(epochs=3, batching="tiles", tile_pixels=1, tile_size=2, seed=0, amp=False)
     model = build_model("hybridsn_dsc", K, P, 3)
     result = train_classifier(
         model, cube, labels, train, np.zeros_like(train), cfg, patch_size=P, progress=False

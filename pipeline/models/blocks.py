@@ -59,13 +59,13 @@ class PositionBatchNorm2d(nn.BatchNorm2d):
         if not self.training or self.tile_mask is None:
             return super().forward(x)
         mask = self.tile_mask.to(x.dtype)
-        kh, kw = x.shape[2] - mask.shape[0] + 1, x.shape[3] - mask.shape[1] + 1
+        kh, kw = x.shape[2] - mask.shape[1] + 1, x.shape[3] - mask.shape[2] + 1
         ones = torch.ones(1, 1, kh, kw, dtype=x.dtype, device=x.device)
-        count = F.conv2d(mask[None, None], ones, padding=(kh - 1, kw - 1))[0, 0]
+        count = F.conv2d(mask[:, None], ones, padding=(kh - 1, kw - 1))[:, 0]
         n = count.sum()
-        mean = torch.einsum("bchw,hw->c", x, count) / n
+        mean = torch.einsum("bchw,bhw->c", x, count) / n
         centred = x - mean[None, :, None, None]
-        var = torch.einsum("bchw,hw->c", centred * centred, count) / n
+        var = torch.einsum("bchw,bhw->c", centred * centred, count) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -83,7 +83,7 @@ class PositionBatchNorm2d(nn.BatchNorm2d):
 def tile_positions(model: nn.Module, mask: torch.Tensor) -> Iterator[None]:
     """Within the block, every :class:`PositionBatchNorm2d` of ``model`` weights by ``mask``.
 
-    ``mask`` is the (h, w) count map of the pixels trained in this tile, on the tile's output grid.
+    ``mask`` (B, h, w) counts the pixels trained in each of the B tiles, on their output grids.
     """
     norms = [m for m in model.modules() if isinstance(m, PositionBatchNorm2d)]
     for m in norms:

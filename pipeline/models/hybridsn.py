@@ -146,33 +146,43 @@ class HybridSNBase(nn.Module):
         return self.pixel_head(self.shared_features(x))
 
     def forward_tile(
-        self, window: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+        self,
+        windows: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        tiles: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits of pixels of one tile from a single pass of the shared part over its window.
+        """Logits of pixels of tiles from a single pass of the shared part over their windows.
 
-        ``window`` (1, 1, K, h + P - 1, w + P - 1) is the padded cube around an h×w tile;
-        ``rows``/``cols`` are tile-local coordinates (0 ≤ row < h) of the pixels to classify.
-        The result equals :meth:`forward` on those pixels' P×P patches, in train mode too
-        (dropout stays per pixel; BatchNorm weights each position as the patch path would).
+        ``windows`` (B, 1, K, h + P - 1, w + P - 1) are the padded cube around B tiles of h×w
+        pixels; ``rows``/``cols`` are tile-local coordinates (0 ≤ row < h) of the pixels to
+        classify and ``tiles`` their tile (0 ≤ tile < B; all 0 when omitted). The result equals
+        :meth:`forward` on those pixels' P×P patches, in train mode too (dropout stays per
+        pixel; BatchNorm weights each position as the patch path would).
         """
-        self._check_input(window, "tile window")
-        h = window.shape[3] - self.patch_size + 1
-        w = window.shape[4] - self.patch_size + 1
+        self._check_input(windows, "tile windows")
+        b = windows.shape[0]
+        h = windows.shape[3] - self.patch_size + 1
+        w = windows.shape[4] - self.patch_size + 1
         if h < 1 or w < 1:
             raise ValueError(
-                f"{self.name}: tile window {tuple(window.shape[3:])} is smaller than "
+                f"{self.name}: tile window {tuple(windows.shape[3:])} is smaller than "
                 f"one {self.patch_size}×{self.patch_size} patch"
             )
-        mask = torch.zeros(h, w, device=window.device)
-        mask.index_put_((rows, cols), torch.ones_like(rows, dtype=mask.dtype), accumulate=True)
+        if tiles is None:
+            tiles = torch.zeros_like(rows)
+        mask = torch.zeros(b, h, w, device=windows.device)
+        ones = torch.ones_like(rows, dtype=mask.dtype)
+        mask.index_put_((tiles, rows, cols), ones, accumulate=True)
         with tile_positions(self, mask):
-            maps = self.shared_features(window)[0]
+            maps = self.shared_features(windows)
         k = self.patch_size - self.shared_shrink
-        map_w = maps.shape[2]
+        map_h, map_w = maps.shape[2], maps.shape[3]
         offsets = torch.arange(k, device=maps.device)
         offsets = (offsets[:, None] * map_w + offsets[None, :]).reshape(-1)
-        index = (rows * map_w + cols)[:, None] + offsets[None, :]
-        windows = maps.flatten(1)[:, index]  # a flat gather: its backward is a cheap scatter-add
+        index = ((tiles * map_h + rows) * map_w + cols)[:, None] + offsets[None, :]
+        flat = rearrange(maps, "b c h w -> c (b h w)")
+        windows = flat[:, index]  # a flat gather: its backward is a cheap scatter-add
         return self.pixel_head(rearrange(windows, "c n (h w) -> n c h w", h=k))
 
     def forward_dense(self, padded: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 
 from pipeline.errors import ParamsError
@@ -11,7 +9,13 @@ from pipeline.evaluation.figures import save_curve_png
 from pipeline.io import write_json, write_text
 from pipeline.models import MODELS, build_model, count_parameters
 from pipeline.params import flatten
-from pipeline.stages.common import checkpoint_path, load_prepared, report_dir, run_name
+from pipeline.stages.common import (
+    checkpoint_path,
+    history_csv,
+    load_prepared,
+    report_dir,
+    run_name,
+)
 from pipeline.tracking import start_run
 from pipeline.training.checkpoint import (
     clear_state,
@@ -27,15 +31,6 @@ from pipeline.training.common import device_name, resolve_device, seed_everythin
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def history_csv(history: list[dict]) -> str:
-    cols = list(dict.fromkeys(k for row in history for k in row))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue()
 
 
 def save_training_curves(path, history: list[dict], title: str) -> None:
@@ -76,6 +71,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         eval_batch_size=params["evaluate"]["batch_size"],
         batching=tp["batching"],
         tile_pixels=tp["tile_pixels"],
+        tile_size=tp["tile_size"],
     )
     train_params = {**tp, "patch": dict(patch), "model": model_name, "seed": seed}
     train_params.pop("models", None)
@@ -92,6 +88,7 @@ def run(params: dict, model_name: str, seed: int) -> dict:
         "dataset_sha256": data.meta["cube_sha256"],
         "device": device_name(device),
     }
+    (out_dir / "train.json").unlink(missing_ok=True)  # never pair a new checkpoint with it
     state_file = resume_path(ckpt_path)
     state_fp = fingerprint({"params": train_params, "data": data.meta["fingerprint"]})
     state = load_state(state_file, fingerprint=state_fp)
@@ -149,7 +146,11 @@ def run(params: dict, model_name: str, seed: int) -> dict:
             patch=patch,
             class_names=data.class_names,
             meta={
-                **{k: data.meta[k] for k in ("dataset", "cube_sha256", "raw_bands", "rgb_bands")},
+                **{
+                    k: data.meta.get(k)
+                    for k in ("dataset", "cube_sha256", "raw_bands", "rgb_bands", "palette")
+                },
+                "mlflow_run_id": mlrun.run_id,
                 "seed": seed,
                 "best_epoch": result.best_epoch,
                 "best_val_oa": result.best_val_oa if result.best_val_oa is not None else -1.0,

@@ -14,7 +14,6 @@ the best *training* accuracy, which leaks).
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,8 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256
     batching: str = "auto"
-    tile_pixels: int = 512
+    tile_pixels: int = 256
+    tile_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "none"
@@ -83,10 +83,24 @@ def resolve_batching(model: nn.Module, batching: str) -> str:
     return batching
 
 
-def tile_side(n_train: int, height: int, width: int, tile_pixels: int) -> int:
-    """Side of square tiles that hold ``tile_pixels`` training pixels at the scene's density."""
-    side = math.sqrt(tile_pixels * height * width / max(n_train, 1))
-    return int(min(max(round(side), 1), max(height, width)))
+def tile_side(patch_size: int, height: int, width: int, tile_size: int | None = None) -> tuple:
+    """(rows, cols) of a tile: ``tile_size`` or, by default, 2·(P − 1), within the scene.
+
+    A tile's window carries a halo of P − 1 pixels, so the trunk computes (s + P − 1)² positions
+    for s² pixels' worth of patches: 2·(P − 1) keeps that overhead at 2.25× while tiles stay
+    small enough that a step can draw them from all over the scene.
+    """
+    side = tile_size or 2 * (patch_size - 1)
+    return min(side, height), min(side, width)
+
+
+@dataclass
+class TileStep:
+    """One optimiser step: tiles of the scene and the training pixels that lie in them."""
+
+    starts: list[tuple[int, int]]  # top-left scene pixel of each tile (all tiles equal in size)
+    pixels: torch.Tensor  # indices into the training pixels
+    tiles: torch.Tensor  # the tile (0 .. len(starts) - 1) of each of those pixels
 
 
 def tile_plan(
@@ -94,32 +108,50 @@ def tile_plan(
     cols: torch.Tensor,
     height: int,
     width: int,
-    side: int,
+    side: tuple[int, int],
     gen: torch.Generator,
-    max_pixels: int | None = None,
-) -> list[tuple[tuple[int, int, int, int], torch.Tensor]]:
-    """One epoch's steps: ``((row0, row1, col0, col1), pixel indices)`` in random order.
+    step_pixels: int,
+) -> list[TileStep]:
+    """One epoch's steps: a randomly offset tiling, its tiles shuffled and grouped into steps.
 
-    The tiling is offset by a random (dy, dx) in [0, side) each epoch, so tile borders move;
-    every pixel falls in exactly one tile, and tiles without pixels are not returned. A tile
-    holding more than ``max_pixels`` pixels is split into several steps over the same window.
+    The tiling moves by a random (dy, dx) each epoch, so tile borders move; every pixel falls in
+    exactly one tile, tiles without training pixels are dropped, and tiles are added to a step
+    until it holds at least ``step_pixels`` pixels. Drawing a step's tiles from all over the
+    scene keeps its classes mixed, as a random batch of patches is. Tiles cut by the scene's
+    border keep the full size by moving inwards (their own pixels are unchanged).
     """
-    oy, ox = (int(v) for v in torch.randint(side, (2,), generator=gen))
+    th, tw = side
+    oy, ox = (
+        int(torch.randint(th, (1,), generator=gen)),
+        int(torch.randint(tw, (1,), generator=gen)),
+    )
     r, c = rows.cpu(), cols.cpu()
-    ty, tx = (r - oy + side) // side, (c - ox + side) // side
-    n_tx = (width - ox + side - 1) // side + 1
+    ty, tx = (r - oy + th) // th, (c - ox + tw) // tw
+    n_tx = (width - ox + tw - 1) // tw + 1
     key = ty * n_tx + tx
     order = torch.argsort(key, stable=True)
     keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-    steps = []
-    for k, idx in zip(keys.tolist(), torch.split(order, counts.tolist()), strict=True):
+    groups = list(zip(keys.tolist(), torch.split(order, counts.tolist()), strict=True))
+    steps: list[TileStep] = []
+    starts, members = [], []
+    for i in torch.randperm(len(groups), generator=gen).tolist():
+        k, idx = groups[i]
         y, x = divmod(k, n_tx)
-        r0, c0 = max(oy + (y - 1) * side, 0), max(ox + (x - 1) * side, 0)
-        bounds = (r0, min(oy + y * side, height), c0, min(ox + x * side, width))
-        idx = idx[torch.randperm(idx.numel(), generator=gen)]
-        chunk = max_pixels or idx.numel()
-        steps += [(bounds, part) for part in torch.split(idx, chunk)]
-    return [steps[i] for i in torch.randperm(len(steps), generator=gen).tolist()]
+        r0 = min(max(oy + (y - 1) * th, 0), height - th)
+        c0 = min(max(ox + (x - 1) * tw, 0), width - tw)
+        starts.append((r0, c0))
+        members.append(idx)
+        if sum(m.numel() for m in members) >= step_pixels:
+            steps.append(_step(starts, members))
+            starts, members = [], []
+    if members:
+        steps.append(_step(starts, members))
+    return steps
+
+
+def _step(starts: list[tuple[int, int]], members: list[torch.Tensor]) -> TileStep:
+    tiles = torch.cat([torch.full_like(m, t) for t, m in enumerate(members)])
+    return TileStep(starts=list(starts), pixels=torch.cat(members), tiles=tiles)
 
 
 def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
@@ -128,6 +160,21 @@ def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(cfg.epochs // 3, 1), gamma=0.1)
     return None
+
+
+def _tile_logits(model, padded, step: TileStep, side, patch_size, rows, cols, idx):
+    """The step's tile windows cut from the padded cube, then one tile pass over them."""
+    th, tw = side
+    windows = torch.stack(
+        [
+            padded[:, r0 : r0 + th + patch_size - 1, c0 : c0 + tw + patch_size - 1]
+            for r0, c0 in step.starts
+        ]
+    )
+    tiles = step.tiles.to(padded.device)
+    r0 = torch.tensor([r for r, _ in step.starts], device=padded.device)[tiles]
+    c0 = torch.tensor([c for _, c in step.starts], device=padded.device)[tiles]
+    return model.forward_tile(windows[:, None], rows[idx] - r0, cols[idx] - c0, tiles)
 
 
 def train_classifier(
@@ -167,7 +214,7 @@ def train_classifier(
 
     mode = resolve_batching(model, cfg.batching)
     height, width = labels.shape
-    side = tile_side(n_train, height, width, cfg.tile_pixels)
+    side = tile_side(patch_size, height, width, cfg.tile_size)
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     sched = _schedule(opt, cfg)
@@ -195,28 +242,22 @@ def train_classifier(
     for epoch in bar:
         model.train()
         if mode == "tiles":
-            steps = tile_plan(
-                tr_rows, tr_cols, height, width, side, gen, max_pixels=2 * cfg.tile_pixels
-            )
+            steps = tile_plan(tr_rows, tr_cols, height, width, side, gen, cfg.tile_pixels)
         else:
             perm = torch.randperm(n_train, generator=gen)
-            steps = [
-                (None, perm[s : s + cfg.batch_size]) for s in range(0, n_train, cfg.batch_size)
-            ]
+            steps = [perm[s : s + cfg.batch_size] for s in range(0, n_train, cfg.batch_size)]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for bounds, idx in steps:
-            idx = idx.to(device)
+        for step in steps:
+            idx = (step.pixels if mode == "tiles" else step).to(device)
             target = tr_y[idx]
             with autocast(device, cfg.amp, cpu=True):
-                if bounds is None:
-                    logits = model(gather_patches(padded, tr_rows[idx], tr_cols[idx], patch_size))
-                else:
-                    r0, r1, c0, c1 = bounds
-                    window = padded[:, r0 : r1 + patch_size - 1, c0 : c1 + patch_size - 1]
-                    logits = model.forward_tile(
-                        window[None, None], tr_rows[idx] - r0, tr_cols[idx] - c0
+                if mode == "tiles":
+                    logits = _tile_logits(
+                        model, padded, step, side, patch_size, tr_rows, tr_cols, idx
                     )
+                else:
+                    logits = model(gather_patches(padded, tr_rows[idx], tr_cols[idx], patch_size))
             loss = nn.functional.cross_entropy(logits.float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
