@@ -41,7 +41,14 @@ def _classifier_ckpt(path, data_fingerprint="d" * 64, **overrides):
     fields = dict(
         state_dict=model.state_dict(),
         model_config=model.config,
-        pca={"mean": np.zeros(K), "components": np.eye(K), "whiten": np.array(False)},
+        pca={
+            "mean": np.zeros(K),
+            "components": np.eye(K),
+            "explained_variance": np.ones(K),
+            "explained_variance_ratio": np.full(K, 1 / K),
+            "whiten": np.array(False),
+            "scale": np.array(1.0),
+        },
         patch={"size": P, "padding": "zero"},
         class_names=["a", "b", "c"],
         meta={"dataset": "toy"},
@@ -648,3 +655,83 @@ def test_hsi_data_dir_that_is_not_a_folder_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"HSI_DATA_DIR=.*typo is not a directory"):
         fetch_dataset("indian_pines", tmp_path / "raw" / "indian_pines")
     assert not (tmp_path / "raw" / "indian_pines").exists()
+
+
+def test_denoise_evaluate_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, monkeypatch):
+    from pipeline.data.fetching import fetch_dataset
+    from pipeline.models.denoisers import build_denoiser
+    from pipeline.stages import denoise_evaluate
+    from pipeline.stages.common import dncnn_path
+
+    monkeypatch.chdir(tmp_path)
+    cube, labels, _, _ = _scene()
+    custom = _custom(tmp_path, cube, labels.astype(np.uint8))
+    fetch_dataset("custom", tmp_path / "data" / "raw" / "custom", custom=custom)
+    params = validate(
+        {
+            "dataset": {"name": "custom", "custom": custom},
+            "denoise": {"models": ["dncnn"]},
+            "train": {"device": "cpu"},
+            "tracking": {"enabled": False},
+        }
+    )
+    model = build_denoiser("dncnn")
+    save_checkpoint(
+        dncnn_path(params, "dncnn"),
+        kind="dncnn",
+        state_dict=model.state_dict(),
+        model_config={"model": "dncnn"},
+        band_min=cube.min(axis=(0, 1)),
+        band_max=cube.max(axis=(0, 1)),
+        noise={"sigma": 30.0},
+        split={"height": cube.shape[0], "train_rows": [0, 6], "test_rows": [10, 12], "gap_rows": 4},
+        meta={"shape": list(cube.shape)},
+        data_fingerprint="e" * 64,  # trained before the scene was fetched again
+    )
+    with pytest.raises(
+        DataError,
+        match=r"dncnn\.pt: made from data fingerprint eeeeeeeeeeee.*"
+        r"hsi denoise_train --model dncnn",
+    ):
+        denoise_evaluate.run(params)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_robustness_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, monkeypatch):
+    from pipeline.data.fetching import fetch_dataset
+    from pipeline.models.denoisers import build_denoiser
+    from pipeline.stages import robustness
+    from pipeline.stages.common import dncnn_path
+
+    monkeypatch.chdir(tmp_path)
+    cube, labels, split, pca = _scene()
+    custom = _custom(tmp_path, cube, labels.astype(np.uint8))
+    fetch_dataset("custom", tmp_path / "data" / "raw" / "custom", custom=custom)
+    params = validate(
+        {
+            "dataset": {"name": "custom", "custom": custom},
+            "denoise": {"models": ["dncnn"]},
+            "train": {"device": "cpu"},
+            "tracking": {"enabled": False},
+        }
+    )
+    _write_prepared(tmp_path, "custom", cube, labels, split, pca)
+    seed = params["denoise"]["robustness_seed"]
+    fp = prepared_fingerprint(cube, labels, split, pca)
+    _classifier_ckpt(tmp_path / "models" / "custom" / f"hybridsn-seed{seed}.pt", fp)
+    model = build_denoiser("dncnn")
+    save_checkpoint(
+        dncnn_path(params, "dncnn"),
+        kind="dncnn",
+        state_dict=model.state_dict(),
+        model_config={"model": "dncnn"},
+        band_min=cube.min(axis=(0, 1)),
+        band_max=cube.max(axis=(0, 1)),
+        noise={"sigma": 30.0},
+        split={"height": cube.shape[0], "train_rows": [0, 6], "test_rows": [10, 12], "gap_rows": 4},
+        meta={"shape": list(cube.shape)},
+        data_fingerprint="e" * 64,
+    )
+    with pytest.raises(DataError, match=r"dncnn\.pt: made from data fingerprint eeeeeeeeeeee"):
+        robustness.run(params)
+    assert not (tmp_path / "reports").exists()

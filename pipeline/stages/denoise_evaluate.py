@@ -21,8 +21,10 @@ from pipeline.evaluation.denoise import (
     tune_baseline,
 )
 from pipeline.io import write_json
+from pipeline.provenance import raw_fingerprint
 from pipeline.stages.common import denoise_dir, dncnn_path, raw_dir
 from pipeline.tracking import recorded_run_id, start_run
+from pipeline.training.checkpoint import check_checkpoint_provenance
 from pipeline.training.common import device_name, resolve_device
 from pipeline.training.denoise_data import (
     add_noise,
@@ -84,6 +86,11 @@ def run(params: dict) -> dict:
     device = resolve_device(params["train"]["device"])
     amp = params["train"]["amp"]
     models, ckpts = load_denoisers(params, cube, device)
+    current = raw_fingerprint(manifest, params["dataset"]["crop"])
+    for name, c in ckpts.items():
+        check_checkpoint_provenance(
+            c, current, against=str(raw_dir(params)), fix=f"hsi denoise_train --model {name}"
+        )
     ckpt = next(iter(ckpts.values()))
     split = check_scene(cube, ckpt)
     if row_split(cube.shape[0], dp["test_fraction"]) != split:

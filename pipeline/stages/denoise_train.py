@@ -14,6 +14,7 @@ from pipeline.io import write_json, write_text
 from pipeline.models import count_parameters
 from pipeline.models.denoisers import build_denoiser
 from pipeline.params import flatten
+from pipeline.provenance import raw_fingerprint
 from pipeline.stages.common import denoise_dir, dncnn_path, history_csv, raw_dir
 from pipeline.tracking import start_run
 from pipeline.training.checkpoint import clear_state, fingerprint, load_state, resume_path
@@ -85,9 +86,7 @@ def run(params: dict, name: str = "dncnn") -> dict:
     out = denoise_dir(params) / name
     ckpt_path = dncnn_path(params, name)
     dataset = manifest["dataset"]
-    data_fp = fingerprint(
-        {"cube_sha256": manifest["cube"]["sha256"], "crop": params["dataset"]["crop"]}
-    )
+    data_fp = raw_fingerprint(manifest, params["dataset"]["crop"])
     train_params = {**config_dict(cfg), **model_config(model), "test_fraction": dp["test_fraction"]}
     state_file = resume_path(ckpt_path.parent) / ckpt_path.name  # outside the DVC out folder
     state_fp = fingerprint({"params": train_params, "data": data_fp, "device": device.type})

@@ -27,6 +27,7 @@ from pipeline.evaluation.denoise import apply_baseline, denoise_cube, tune_basel
 from pipeline.evaluation.figures import save_curve_png
 from pipeline.evaluation.inference import predict_scene
 from pipeline.io import write_json, write_text
+from pipeline.provenance import raw_fingerprint
 from pipeline.stages.common import (
     checkpoint_path,
     denoise_dir,
@@ -109,8 +110,12 @@ def run(params: dict) -> dict:
             f"{cube.shape[:2]}; run `hsi prepare` again"
         )
     denoisers, ckpt = {}, None
+    current = raw_fingerprint(manifest, params["dataset"]["crop"])
     for name in dp["models"]:
         denoisers[name], ckpt = load_denoiser(dncnn_path(params, name), device)
+        check_checkpoint_provenance(
+            ckpt, current, against=str(raw_dir(params)), fix=f"hsi denoise_train --model {name}"
+        )
     split = check_scene(cube, ckpt)
     baseline, best_model, ranked_at = _ranking(params, list(denoisers))
     scored = np.zeros_like(prepared.test)
