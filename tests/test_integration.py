@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,54 @@ def test_evaluate_refuses_checkpoint_after_prepare_with_other_pca(repo, tmp_path
         assert "made from data fingerprint" in line and "Traceback" not in proc.stderr
     assert "hsi evaluate --model hybridsn --seed 0" in line
     assert metrics.read_bytes() == before
+
+
+def test_dvc_queue_runs_two_experiments_in_parallel_into_one_mlflow_store(repo, tmp_path):
+    """Acceptance (issues 11 and 14): `dvc exp run --queue` × 2 then `dvc queue start -j 2` on a
+    repo without mlflow.db: both experiments finish, both training runs land in the repo's store
+    (DVC runs them in .dvc/tmp/exps copies), and `make compare` lists both."""
+    import mlflow
+
+    shared, env, _ = repo
+
+    def ignore(folder, names):
+        skipped = {n for n in names if n.startswith("mlflow.db") or n == "mlruns"}
+        return skipped | ({"tmp"} if Path(folder).name == ".dvc" else set())
+
+    root = tmp_path / "queue"
+    shutil.copytree(shared, root, ignore=ignore)
+    env = {
+        **env,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "baseline"], root, env)
+    dvc = str(BIN / "dvc")
+    for name, lr in (("lr-a", "0.002"), ("lr-b", "0.003")):
+        queue = ["exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}"]
+        _run([dvc, *queue, "evaluate@hybridsn-0"], root, env)
+    _run([dvc, "queue", "start", "-j", "2"], root, env)
+    end = time.monotonic() + 600
+    status = ""
+    while time.monotonic() < end:
+        status = _run([dvc, "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    _run([dvc, "queue", "stop"], root, env)
+    assert status.count("Success") == 2, status
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("indian_pines/classification")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.003"]
+    assert all(r.info.status == "FINISHED" and "test_oa" in r.data.metrics for r in runs)
+
+    table = _run([sys.executable, str(REPO / "tools" / "compare.py")], root, env).stdout
+    lines = table.splitlines()
+    assert max(map(len, lines)) <= 100
+    named = [line.split()[:3] for line in lines if line.startswith(("lr-a", "lr-b"))]
+    assert ["lr-a", "hybridsn", "0"] in named and ["lr-b", "hybridsn", "0"] in named
