@@ -345,3 +345,14 @@ def test_dvc_queue_runs_two_experiments_in_parallel_into_one_mlflow_store(repo, 
     assert max(map(len, lines)) <= 100
     named = [line.split()[:3] for line in lines if line.startswith(("lr-a", "lr-b"))]
     assert ["lr-a", "hybridsn", "0"] in named and ["lr-b", "hybridsn", "0"] in named
+
+
+def test_dvc_plots_show_draws_every_trained_variant_on_one_chart(repo):
+    """dvc.yaml's top-level `training_curves`: one chart with the validation curve of each
+    variant trained (seed 0); the variants not in train.models are reported missing."""
+    root, env, _ = repo
+    shown = json.loads(_run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
+    (chart,) = shown["data"]["training_curves"]
+    values = chart["content"]["data"]["values"]
+    assert {v["filename"].split("/")[0] for v in values} == {"hybridsn-seed0", "hybridsn_se-seed0"}
+    assert all("val_oa" in v for v in values)
