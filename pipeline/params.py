@@ -210,7 +210,7 @@ SCHEMA: dict[str, Any] = {
         "epochs": Field(100, _num(1, integer=True)),
         "batch_size": Field(256, _num(1, integer=True)),
         "batching": Field("auto", _one_of("auto", "patches", "tiles")),
-        "tile_pixels": Field(256, _num(1, integer=True)),
+        "tile_pixels": Field(512, _num(1, integer=True)),
         "tile_size": Field(None, _num(1, integer=True, optional=True)),
         "lr": Field(1e-3, _num(0, lo_open=True)),
         "weight_decay": Field(0.0, _num(0)),
