@@ -98,7 +98,9 @@ def main() -> None:
     print(f"device: {device_name(device)}  date: {datetime.date.today()}")
 
     dense_s = time_best(
-        lambda: predict_scene(model, cube, P, device=device, strip_rows=args.strip_rows), device, args.repeats
+        lambda: predict_scene(model, cube, P, device=device, strip_rows=args.strip_rows),
+        device,
+        args.repeats,
     )
     padded = pad_cube(torch.as_tensor(cube, device=device), P)
     h, w = cube.shape[:2]

@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("denoise_train", help="train a denoiser of denoise.models")
     s.add_argument("--model", default=None, help="one of denoise.models (default: each in turn)")
     sub.add_parser("denoise_evaluate", help="MPSNR/MSSIM/SAM of the denoisers vs baselines")
-    sub.add_parser("robustness", help="classification OA vs noise level, with and without denoising")
+    sub.add_parser(
+        "robustness", help="classification OA vs noise level, with and without denoising"
+    )
     return p
 
 
