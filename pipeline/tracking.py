@@ -546,6 +546,7 @@ class start_run:  # noqa: N801 - used as a context manager like mlflow.start_run
                     uri,
                 )
         if existing is not None:
+            mlflow.set_experiment(experiment_id=existing.info.experiment_id)
             active = mlflow.start_run(run_id=self.run_id)
             stage = self.tags.get("stage", "resumed")
             mlflow.set_tags({**{f"{stage}.{k}": v for k, v in tags.items()}, **alive})
