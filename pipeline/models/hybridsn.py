@@ -135,6 +135,17 @@ class HybridSNBase(nn.Module):
         x = self.drop2(F.relu(self.fc2(x)))
         return self.fc3(x)
 
+    def _output_size(self, padded: torch.Tensor, what: str) -> tuple[int, int]:
+        """Pixels (h, w) whose P×P patches lie inside a padded window; at least one each way."""
+        self._check_input(padded, what)
+        h, w = (int(n) - self.patch_size + 1 for n in padded.shape[3:])
+        if h < 1 or w < 1:
+            raise ValueError(
+                f"{self.name}: {what} {tuple(padded.shape[3:])} is smaller than "
+                f"one {self.patch_size}×{self.patch_size} patch"
+            )
+        return h, w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Patches (N, 1, K, P, P) -> logits (N, C)."""
         self._check_input(x, "input")
@@ -160,15 +171,8 @@ class HybridSNBase(nn.Module):
         :meth:`forward` on those pixels' P×P patches, in train mode too (dropout stays per
         pixel; BatchNorm weights each position as the patch path would).
         """
-        self._check_input(windows, "tile windows")
         b = windows.shape[0]
-        h = windows.shape[3] - self.patch_size + 1
-        w = windows.shape[4] - self.patch_size + 1
-        if h < 1 or w < 1:
-            raise ValueError(
-                f"{self.name}: tile window {tuple(windows.shape[3:])} is smaller than "
-                f"one {self.patch_size}×{self.patch_size} patch"
-            )
+        h, w = self._output_size(windows, "tile window")
         if tiles is None:
             tiles = torch.zeros_like(rows)
         mask = torch.zeros(b, h, w, device=windows.device)
@@ -204,14 +208,7 @@ class HybridSNBase(nn.Module):
                 f"{self.name}: forward_dense matches the patch path only in eval mode "
                 "(dropout off, BatchNorm running statistics); call model.eval() first"
             )
-        self._check_input(padded, "padded scene")
-        out_h = padded.shape[3] - self.patch_size + 1
-        out_w = padded.shape[4] - self.patch_size + 1
-        if out_h < 1 or out_w < 1:
-            raise ValueError(
-                f"{self.name}: padded scene {tuple(padded.shape[3:])} is smaller than "
-                f"one {self.patch_size}×{self.patch_size} patch"
-            )
+        out_h, out_w = self._output_size(padded, "padded scene")
         if chunk_rows is None or chunk_rows >= out_h:
             return self._dense(padded)
         if chunk_rows < 1:
