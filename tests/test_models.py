@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ParamsError
+from pipeline.evaluation.inference import scene_logits
 from pipeline.models import MODELS, build_model, count_parameters, init_keras_
 
 NAMES = sorted(MODELS)
@@ -196,6 +197,22 @@ def test_dense_equals_patches(name):
     expected = per_patch.reshape(height, width, classes).permute(2, 0, 1)
     assert (dense[0] - expected).abs().max() < 1e-4
     assert (chunked - dense).abs().max() < 1e-5
+    assert expected.std() > 1e-3
+
+
+def test_se_scene_pass_shares_the_3d_trunk_and_equals_patches():
+    bands, patch, classes, height, width = 16, 11, 3, 12, 10
+    model = build_model("hybridsn_se", bands, patch, classes)
+    _randomise(model)
+    model.eval()
+    scene = torch.randn(1, 1, bands, height, width)
+    padded = F.pad(scene, (patch // 2,) * 4)[0, 0]
+    with torch.no_grad():
+        logits, method = scene_logits(model, padded, patch, strip_rows=5, batch_size=7)
+        per_patch = model(_patches(padded[None, None], patch))
+    assert method == "shared" and logits.shape == (classes, height, width)
+    expected = per_patch.reshape(height, width, classes).permute(2, 0, 1)
+    assert (logits - expected).abs().max() < 1e-4
     assert expected.std() > 1e-3
 
 

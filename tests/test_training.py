@@ -113,7 +113,7 @@ def test_scene_map_dense_equals_patches(name, scene):
         dense = predict_scene(model, cube, P, dense=True, strip_rows=7)
         patches = predict_scene(model, cube, P, dense=False, batch_size=100)
     assert patches.method == "patches"
-    assert dense.method == ("dense" if model.supports_dense else "patches")
+    assert dense.method == ("dense" if model.supports_dense else "shared")
     assert dense.labels.shape == cube.shape[:2]
     np.testing.assert_array_equal(dense.labels, patches.labels)
 

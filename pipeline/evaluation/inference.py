@@ -1,10 +1,11 @@
 """Whole-scene classification: every pixel, labelled or not, borders included.
 
 Models whose trunk is translation-equivariant run as one fully-convolutional pass over the padded
-cube (exactly the patch logits; processed in row strips with a halo to bound memory); the others
-(squeeze-and-excitation pools over the whole window) classify batches of patches gathered on the
-device by :func:`pixel_logits`, the one patch-inference loop, which validation during training
-uses too. Either way no all-pixels patch array is built, and inference is always fp32.
+cube (exactly the patch logits; processed in row strips with a halo to bound memory). Models
+whose head pools over the whole window (squeeze-and-excitation) share their 3-D convolutions the
+same way and run the rest per pixel; any other model classifies batches of patches gathered on
+the device by :func:`pixel_logits`, the one patch-inference loop, which validation during
+training uses too. No all-pixels patch array is built, and inference is always fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pipeline.data.patches import iter_patch_batches, pad_cube
 class ScenePrediction:
     labels: np.ndarray  # (H, W) int64, classes 1..C
     seconds: float
-    method: str  # "dense" or "patches"
+    method: str  # "dense", "shared" or "patches"
 
 
 def _sync(device: torch.device) -> None:
@@ -71,6 +72,41 @@ def pixel_logits(
 
 
 @torch.inference_mode()
+def shared_trunk_logits(
+    model: nn.Module, padded: torch.Tensor, strip_rows: int, batch_size: int
+) -> torch.Tensor:
+    """Logits (C, H, W) from one pass of the model's translation-equivariant part per strip of
+    ``strip_rows`` output rows, then its per-pixel head on ``batch_size`` pixels at a time.
+
+    For models with no exact dense pass (squeeze-and-excitation pools over each window): the
+    3-D convolutions, most of the work, are shared between neighbouring pixels; the result
+    equals the patch path's.
+    """
+    p = model.patch_size
+    h, w = padded.shape[1] - p + 1, padded.shape[2] - p + 1
+    strips = []
+    for r0 in range(0, h, strip_rows):
+        r1 = min(r0 + strip_rows, h)
+        maps = model.shared_features(padded[None, None, :, r0 : r1 + p - 1])
+        rows, cols = torch.meshgrid(
+            torch.arange(r1 - r0, device=padded.device),
+            torch.arange(w, device=padded.device),
+            indexing="ij",
+        )
+        rows, cols = rows.reshape(-1), cols.reshape(-1)
+        tiles = torch.zeros_like(rows)
+        out = [
+            model.pixel_head(
+                model.feature_windows(maps, rows[i : i + batch_size], cols[i : i + batch_size],
+                                      tiles[i : i + batch_size])
+            ).float()
+            for i in range(0, len(rows), batch_size)
+        ]  # fmt: skip
+        strips.append(torch.cat(out).T.reshape(-1, r1 - r0, w))
+    return torch.cat(strips, dim=1)
+
+
+@torch.inference_mode()
 def scene_logits(
     model: nn.Module,
     padded: torch.Tensor,
@@ -84,7 +120,8 @@ def scene_logits(
     """fp32 logits (C, H, W) of every scene pixel from the padded channels-first cube.
 
     Dense models run fully convolutionally in strips of ``strip_rows`` output rows (a halo is
-    added automatically); the others go through :func:`pixel_logits`.
+    added automatically); models with a shared trunk but a per-window head (SE) through
+    :func:`shared_trunk_logits`; the others through :func:`pixel_logits`.
     """
     model.eval()
     h, w = padded.shape[1] - patch_size + 1, padded.shape[2] - patch_size + 1
@@ -92,6 +129,9 @@ def scene_logits(
         with _fp32(padded.device):
             logits = model.forward_dense(padded[None, None], chunk_rows=strip_rows)[0]
         return logits.float(), "dense"
+    if dense and hasattr(model, "feature_windows"):
+        with _fp32(padded.device):
+            return shared_trunk_logits(model, padded, strip_rows, batch_size), "shared"
     rows, cols = torch.meshgrid(
         torch.arange(h, device=padded.device), torch.arange(w, device=padded.device), indexing="ij"
     )

@@ -180,6 +180,12 @@ class HybridSNBase(nn.Module):
         mask.index_put_((tiles, rows, cols), ones, accumulate=True)
         with tile_positions(self, mask):
             maps = self.shared_features(windows)
+        return self.pixel_head(self.feature_windows(maps, rows, cols, tiles))
+
+    def feature_windows(
+        self, maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, tiles: torch.Tensor
+    ) -> torch.Tensor:
+        """Each pixel's window (N, F, w, w) of :meth:`shared_features` maps (B, F, ·, ·)."""
         k = self.patch_size - self.shared_shrink
         map_h, map_w = maps.shape[2], maps.shape[3]
         offsets = torch.arange(k, device=maps.device)
@@ -187,7 +193,7 @@ class HybridSNBase(nn.Module):
         index = ((tiles * map_h + rows) * map_w + cols)[:, None] + offsets[None, :]
         flat = rearrange(maps, "b c h w -> c (b h w)")
         windows = flat[:, index]  # a flat gather: its backward is a cheap scatter-add
-        return self.pixel_head(rearrange(windows, "c n (h w) -> n c h w", h=k))
+        return rearrange(windows, "c n (h w) -> n c h w", h=k)
 
     def forward_dense(self, padded: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
         """Logits of every pixel of a scene in one fully-convolutional pass (eval mode only).
