@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install repro test test-fast lint format bench clean-venv compare
+.PHONY: install repro test test-fast lint format bench clean-venv compare results
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ repro: install
 # Variants × seeds of every DVC experiment: model, seed, protocol, OA, AA, kappa, training time.
 compare: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/compare.py
+
+# The committed results tables (reports/results/): every variant × 3 seeds under each protocol.
+RESULTS_SET ?= --set train.early_stopping=10
+results: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/results.py --protocol paper $(RESULTS_SET)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/results.py --protocol leakfree $(RESULTS_SET)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,10 @@ One line per run, so sizes, paths and seeds can be compared in one table:
     python bench/tile_accuracy.py --tile-pixels 256 512 1024 --epochs 30
     python bench/tile_accuracy.py --seeds 0 1 2 --epochs 100           # the default path
     python bench/tile_accuracy.py --batching patches --seeds 0 1 2 --epochs 100
+    python bench/tile_accuracy.py --batching patches --seeds 0 1 2 --early-stopping 10
+
+Early stopping keeps the checkpoint a full run keeps whenever validation OA reached 100% before
+the stop: a later epoch must be strictly better to replace it.
 """
 
 from __future__ import annotations
@@ -52,13 +56,17 @@ def main() -> None:
     ap.add_argument("--no-amp", action="store_true", help="fp32 training (no bf16 autocast)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                    help="stop after PATIENCE epochs without a better validation OA; once it is "
+                    "100%% the kept checkpoint is the one a full run keeps")  # fmt: skip
     args = ap.parse_args()
     device = resolve_device(args.device)
     print(f"device: {device_name(device)}  threads: {torch.get_num_threads()}  ", end="")
-    print(f"date: {datetime.date.today()}  model: {args.model}  epochs: {args.epochs}")
+    print(f"date: {datetime.date.today()}  model: {args.model}  epochs: {args.epochs}  ", end="")
+    print(f"early stopping: {args.early_stopping or 'off'}")
     print(
         f"{'batching':<10}{'tile px':>8}{'side':>5}{'seed':>5}{'samples/s':>11}{'train s':>9}"
-        f"{'best val OA':>13}{'at epoch':>9}{'test OA':>9}{'AA':>8}{'kappa':>8}",
+        f"{'best val OA':>13}{'at epoch':>9}{'run':>5}{'test OA':>9}{'AA':>8}{'kappa':>8}",
         flush=True,
     )
     sizes = args.tile_pixels if args.batching == "tiles" else [0]
@@ -75,6 +83,7 @@ def main() -> None:
                 tile_size=tile_size or None,
                 seed=seed,
                 amp=not args.no_amp,
+                early_stopping=args.early_stopping,
             )
             curve = (
                 (lambda r: print(f"  epoch {r['epoch']}: val OA {r['val_oa']:.4f}", flush=True))
@@ -92,7 +101,7 @@ def main() -> None:
             print(
                 f"{args.batching:<10}{tile_pixels or '-':>8}{tile_size or '-':>5}{seed:>5}"
                 f"{result.samples_per_s:>11.1f}{result.wall_time_s:>9.0f}"
-                f"{100 * result.best_val_oa:>13.2f}{result.best_epoch:>9}"
+                f"{100 * result.best_val_oa:>13.2f}{result.best_epoch:>9}{len(result.history):>5}"
                 f"{100 * m['oa']:>9.2f}{100 * m['aa']:>8.2f}{100 * m['kappa']:>8.2f}",
                 flush=True,
             )

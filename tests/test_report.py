@@ -113,6 +113,7 @@ def test_summary_names_protocol_unscored_classes_and_pixel_independence():
             "test": 100,
             "not_scored_note": "not scored: 1 (Alfalfa) (no training or no test pixels)",
         },
+        "training": {"epochs": 100, "early_stopping": 10, "batching": "auto"},
         "seeds": [0, 1, 2],
         "baseline": "hybridsn",
         "alpha": 0.05,
@@ -124,6 +125,8 @@ def test_summary_names_protocol_unscored_classes_and_pixel_independence():
                 "kappa": stat,
                 "train_time_s": stat,
                 "scene_inference_s": stat,
+                "epochs_run": {"mean": 27.0, "std": 1.0, "n": 3},
+                "best_epoch": stat,
             }
         },
         "bootstrap": bootstrap_runs(scene, labels, np.ones((10, 10), bool), 4, block=5),
@@ -133,5 +136,7 @@ def test_summary_names_protocol_unscored_classes_and_pixel_independence():
     assert md.startswith("# indian_pines, protocol `leakfree`")
     assert "**Not scored: 1 (Alfalfa)" in md
     assert "assumes independent pixels" in md
+    assert "at most 100 epochs, early stopping after 10 epochs" in md
+    assert "| 27.0 ± 1.0 |" in md
     assert "`hybridsn_se`: better than `hybridsn`" in md
     assert "block-bootstrap 95% CI" in md and "| `hybridsn-seed0` | 4 |" in md

@@ -117,13 +117,15 @@ def run(params: dict) -> dict:
             train = json.loads((d / "train.json").read_text())
             run_ids.append(train.get("mlflow_run_id"))
             preds[(m, s)] = np.load(prediction_path(params, m, s))
-            runs.append(
-                {**metrics, **{k: train[k] for k in ("n_params", "train_time_s", "best_epoch")}}
-            )
+            kept = ("n_params", "train_time_s", "best_epoch", "epochs_run", "batching")
+            runs.append({**metrics, **{k: train[k] for k in kept}})
         rows[m] = {
             "n_params": runs[0]["n_params"],
             **{k: mean_std([r[k] for r in runs]) for k in ("oa", "aa", "kappa")},
             "train_time_s": mean_std([r["train_time_s"] for r in runs]),
+            "epochs_run": mean_std([r["epochs_run"] for r in runs]),
+            "best_epoch": mean_std([r["best_epoch"] for r in runs]),
+            "batching": sorted({r["batching"] for r in runs}),
             "scene_inference_s": mean_std([r["scene_inference_s"] for r in runs]),
             "runs": {run_name(m, s): r for s, r in zip(seeds, runs, strict=True)},
         }
@@ -147,6 +149,7 @@ def run(params: dict) -> dict:
             "not_scored_note": split.get("not_scored_note", ""),
         },
         "pca": params["pca"],
+        "training": {k: params["train"][k] for k in ("epochs", "early_stopping", "batching")},
         "seeds": seeds,
         "baseline": baseline,
         "alpha": ALPHA,
@@ -206,7 +209,7 @@ def _ci(b: dict) -> str:
 
 
 def summary_markdown(s: dict, params: dict) -> str:
-    sp = s["split"]
+    sp, tr = s["split"], s["training"]
     guard = f", `{sp['guard']}` guard" if sp.get("mode") == "disjoint" else ""
     leak = sp.get("leakage") or {}
     leak_text = f"{100 * sp['leakage_share']:.2f}% of test pixels lie inside some training patch"
@@ -229,14 +232,23 @@ def summary_markdown(s: dict, params: dict) -> str:
     if sp.get("not_scored_note"):
         lines.append(f"**{sp['not_scored_note'][0].upper()}{sp['not_scored_note'][1:]}.**")
     lines += [
+        f"Training: at most {tr['epochs']} epochs, "
+        + (
+            f"early stopping after {tr['early_stopping']} epochs without a better validation OA"
+            if tr["early_stopping"]
+            else "no early stopping"
+        )
+        + f", batching `{tr['batching']}`; the checkpoint of the best validation OA is scored.",
         f"Seeds: {', '.join(map(str, s['seeds']))} (mean ± sample std over seeds).",
         "",
-        "| model | parameters | OA (%) | AA (%) | kappa (%) | train time (s) | scene map (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | parameters | OA (%) | AA (%) | kappa (%) | epochs run | best epoch "
+        "| train time (s) | scene map (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m, r in s["models"].items():
         lines.append(
             f"| `{m}` | {r['n_params']:,} | {_pm(r['oa'])} | {_pm(r['aa'])} | {_pm(r['kappa'])} | "
+            f"{_pm(r['epochs_run'], 1, 1)} | {_pm(r['best_epoch'], 1, 1)} | "
             f"{_pm(r['train_time_s'], 1, 1)} | {_pm(r['scene_inference_s'], 1, 3)} |"
         )
     first = next(iter(s["bootstrap"].values()), None)
