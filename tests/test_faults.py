@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from prepared import write_prepared
 
 from pipeline import cli
 from pipeline.errors import DataError
@@ -292,27 +293,6 @@ def _scene(seed=0, h=12, w=12):
     return cube, labels, split, pca
 
 
-def _write_prepared(root, name, cube, labels, split, pca, fp=None):
-    d = root / "data" / "prepared" / name
-    d.mkdir(parents=True, exist_ok=True)
-    np.save(d / "cube.npy", cube)
-    np.save(d / "labels.npy", labels)
-    np.savez_compressed(d / "split.npz", **split)
-    np.savez_compressed(d / "pca.npz", **pca)
-    meta = {
-        "dataset": name,
-        "class_names": ["a", "b", "c"],
-        "n_classes": C,
-        "rgb_bands": [0, 1, 2],
-        "palette": None,
-        "cube_sha256": "0" * 64,
-        "raw_bands": K,
-        "fingerprint": fp or prepared_fingerprint(cube, labels, split, pca),
-    }
-    (d / "meta.json").write_text(json.dumps(meta))
-    return d
-
-
 def test_prepared_files_of_two_prepare_runs_are_refused(tmp_path):
     cube, labels, split, pca = _scene()
     fp = prepared_fingerprint(cube, labels, split, pca)
@@ -345,7 +325,7 @@ def test_evaluate_refuses_a_checkpoint_trained_on_other_prepared_data(
     monkeypatch.chdir(tmp_path)
     _, params_path = _params(tmp_path)
     cube, labels, split, pca = _scene()
-    d = _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    d = write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
     ckpt = tmp_path / "models" / "indian_pines" / "hybridsn-seed0.pt"
     stale = "e" * 64  # the checkpoint was trained before a re-`prepare`
     _classifier_ckpt(ckpt, data_fingerprint=stale)
@@ -367,7 +347,7 @@ def test_evaluate_accepts_its_own_prepared_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params, _ = _params(tmp_path)
     cube, labels, split, pca = _scene()
-    _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
     fp = prepared_fingerprint(cube, labels, split, pca)
     _classifier_ckpt(
         tmp_path / "models" / "indian_pines" / "hybridsn-seed0.pt", data_fingerprint=fp
@@ -412,7 +392,7 @@ def test_report_refuses_an_evaluation_made_on_other_prepared_data(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     params, _ = _params(tmp_path)
     cube, labels, split, pca = _scene()
-    _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
     model, seed = params["train"]["models"][0], params["train"]["seeds"][0]
     run = tmp_path / "reports" / "indian_pines" / f"{model}-seed{seed}"
     run.mkdir(parents=True)
@@ -430,7 +410,7 @@ def test_prepared_folder_with_a_replaced_array_is_refused(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     params, _ = _params(tmp_path)
     cube, labels, split, pca = _scene()
-    d = _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    d = write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
     assert load_prepared(params).meta["fingerprint"]
     np.save(d / "cube.npy", cube + 1)  # e.g. an interrupted re-`prepare`
     with pytest.raises(DataError, match="run `hsi prepare`"):
@@ -557,7 +537,7 @@ def test_robustness_refuses_a_classifier_trained_on_other_prepared_data(tmp_path
             "tracking": {"enabled": False},
         }
     )
-    _write_prepared(tmp_path, "custom", cube, labels, split, pca)
+    write_prepared(tmp_path, "custom", cube, labels, split, pca)
     seed = params["train"]["seeds"][0]
     _classifier_ckpt(tmp_path / "models" / "custom" / f"hybridsn-seed{seed}.pt", "e" * 64)
     with pytest.raises(DataError, match=rf"eeeeeeeeeeee.*hsi train --model hybridsn --seed {seed}"):
@@ -614,7 +594,7 @@ def test_evaluate_logs_to_the_run_its_checkpoint_records_not_a_stale_train_json(
     monkeypatch.chdir(tmp_path)
     params, _ = _params(tmp_path)
     cube, labels, split, pca = _scene()
-    _write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
+    write_prepared(tmp_path, "indian_pines", cube, labels, split, pca)
     fp = prepared_fingerprint(cube, labels, split, pca)
     ckpt = tmp_path / "models" / "indian_pines" / "hybridsn-seed0.pt"
     _classifier_ckpt(ckpt, data_fingerprint=fp, meta={"dataset": "toy", "mlflow_run_id": "new"})
@@ -715,7 +695,7 @@ def test_robustness_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, mo
             "tracking": {"enabled": False},
         }
     )
-    _write_prepared(tmp_path, "custom", cube, labels, split, pca)
+    write_prepared(tmp_path, "custom", cube, labels, split, pca)
     seed = params["denoise"]["robustness_seed"]
     fp = prepared_fingerprint(cube, labels, split, pca)
     _classifier_ckpt(tmp_path / "models" / "custom" / f"hybridsn-seed{seed}.pt", fp)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from prepared import write_prepared
 
 from pipeline.models import build_model
 from pipeline.params import validate
-from pipeline.provenance import prepared_fingerprint
 from pipeline.training.checkpoint import load_checkpoint, load_state, save_state
 from pipeline.training.classifier import TrainConfig, train_classifier
 
@@ -72,25 +72,9 @@ def test_resumed_training_ends_identical(tmp_path, batching):
 
 def _write_prepared(root: Path, name: str) -> None:
     cube, labels, train, val, test = _scene()
-    d = root / "data" / "prepared" / name
-    d.mkdir(parents=True)
     split = {"train": train, "val": val, "test": test, "guard": np.zeros_like(train)}
     pca = {"mean": np.zeros(K), "components": np.eye(K), "whiten": np.array(False)}
-    np.save(d / "cube.npy", cube)
-    np.save(d / "labels.npy", labels)
-    np.savez_compressed(d / "split.npz", **split)
-    np.savez_compressed(d / "pca.npz", **pca)
-    meta = {
-        "dataset": name,
-        "class_names": ["a", "b", "c"],
-        "n_classes": C,
-        "rgb_bands": [0, 1, 2],
-        "palette": None,
-        "cube_sha256": "0" * 64,
-        "raw_bands": K,
-        "fingerprint": prepared_fingerprint(cube, labels, split, pca),
-    }
-    (d / "meta.json").write_text(json.dumps(meta))
+    write_prepared(root, name, cube, labels, split, pca)
 
 
 def _hsi(cwd: Path, *args: str, **kw) -> subprocess.Popen:
