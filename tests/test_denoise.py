@@ -24,13 +24,7 @@ from pipeline.training.denoiser import load_denoiser
 MODELS = ["dncnn_subspace", "dncnn_spectral", "dncnn"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_cube(h=40, w=36, bands=5, seed=0) -> np.ndarray:
