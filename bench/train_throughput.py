@@ -7,11 +7,12 @@ docstring); bf16 autocast on CUDA and on CPUs with native bf16 (`train.amp`). Th
 the pipeline's default, is the tile path for every HybridSN variant.
 Reference (written here the way the common HybridSN tutorial code does it): every training patch
 materialised as one numpy array first, a DataLoader over it, fp32, batch 128.
-All train `hybridsn` on the real Indian Pines scene (tensorly package) reduced to 30 PCA
-components, 30 % stratified random split, for about the same number of samples.
+All train `--model` (default `hybridsn`) on the real Indian Pines scene (tensorly package)
+reduced to 30 PCA components, 30 % stratified random split, for about the same number of samples.
 
     python bench/train_throughput.py --device cpu --samples 3000     # CPU: a few minutes
     python bench/train_throughput.py --epochs 100 --device cuda      # the 100-epoch target
+    python bench/train_throughput.py --model hybridsn_se --samples 1000  # a variant
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def create_image_cubes(cube, labels, mask):
     return np.ascontiguousarray(x), labels[rows, cols] - 1
 
 
-def reference(cube, labels, mask, device, samples, batch=128):
+def reference(name, cube, labels, mask, device, samples, batch=128):
     t0 = time.perf_counter()
     x, y = create_image_cubes(cube, labels, mask)
     prep = time.perf_counter() - t0
@@ -66,7 +67,7 @@ def reference(cube, labels, mask, device, samples, batch=128):
         TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=batch, shuffle=True
     )
     torch.manual_seed(0)
-    model = build_model("hybridsn", cube.shape[-1], P, int(labels.max())).to(device)
+    model = build_model(name, cube.shape[-1], P, int(labels.max())).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     seen = 0
     sync(device)
@@ -85,8 +86,8 @@ def reference(cube, labels, mask, device, samples, batch=128):
     return seen / (time.perf_counter() - t0), prep, x.nbytes
 
 
-def ours(cube, labels, mask, device, epochs, batching, tile_pixels, batch=256):
-    model = build_model("hybridsn", cube.shape[-1], P, int(labels.max()))
+def ours(name, cube, labels, mask, device, epochs, batching, tile_pixels, batch=256):
+    model = build_model(name, cube.shape[-1], P, int(labels.max()))
     cfg = TrainConfig(
         epochs=epochs,
         batch_size=batch,
@@ -116,6 +117,7 @@ def peak(device) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="hybridsn")
     ap.add_argument("--samples", type=int, default=3000, help="training samples per method")
     ap.add_argument("--epochs", type=int, default=None, help="ours: full epochs (overrides)")
     ap.add_argument(
@@ -129,18 +131,21 @@ def main() -> None:
     epochs = args.epochs or max(1, round(args.samples / n))
     print(
         f"device: {device_name(device)}  threads: {torch.get_num_threads()}  "
-        f"date: {datetime.date.today()}  train pixels: {n}  tile pixels: {args.tile_pixels}"
+        f"date: {datetime.date.today()}  model: {args.model}  train pixels: {n}  "
+        f"tile pixels: {args.tile_pixels}"
     )
     rows = []
     paths = ["tiles"] if args.skip_patches else ["patches", "tiles"]
     for batching in paths:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        sps, wall, acc = ours(cube, labels, mask, device, epochs, batching, args.tile_pixels)
+        sps, wall, acc = ours(
+            args.model, cube, labels, mask, device, epochs, batching, args.tile_pixels
+        )
         rows.append((f"ours, {batching} (bf16 where native)", sps, peak(device), wall, acc))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ref_sps, ref_prep, ref_bytes = reference(cube, labels, mask, device, n * epochs)
+    ref_sps, ref_prep, ref_bytes = reference(args.model, cube, labels, mask, device, n * epochs)
     rows.append(("reference (materialised, DataLoader, fp32)", ref_sps, peak(device), None, None))
     print(f"{'method':<44}{'samples/s':>12}{'x reference':>13}{'peak memory':>30}")
     for name, sps, mem, _, _ in rows:
@@ -150,6 +155,8 @@ def main() -> None:
     print(f"reference: patch array {ref_bytes / 2**20:.0f} MiB built in {ref_prep:.2f} s")
     print("(CPU peak memory is the process's maximum RSS so far, so it only grows down the table)")
     default = next(sps for name, sps, *_ in rows if "tiles" in name)
+    if not args.skip_patches:
+        print(f"ratio tiles/patches: {default / rows[0][1]:.2f}x")
     print(f"ratio ours/reference: {default / ref_sps:.2f}x")
 
 
