@@ -34,13 +34,14 @@ def command(protocol: str, seeds: list[int], extra: list[str]) -> list[str]:
     return [*cmd, "report"]
 
 
-def publish(dataset: str, protocol: str, shown: str, stamp: str) -> Path:
-    src = ROOT / "reports" / dataset
-    dst = ROOT / "reports" / "results" / dataset / protocol
-    dst.mkdir(parents=True, exist_ok=True)
+def publish(root: Path, dataset: str, protocol: str, shown: str, stamp: str) -> Path:
+    """Copy the `report` stage's outputs into the results folder, the command written on top."""
+    src = root / "reports" / dataset
+    dst = root / "reports" / "results" / dataset / protocol
     summary = json.loads((src / "summary.json").read_text())
     if summary["protocol"] != protocol:
         sys.exit(f"{src / 'summary.json'}: protocol {summary['protocol']!r}, expected {protocol!r}")
+    dst.mkdir(parents=True, exist_ok=True)
     summary["made_by"] = {"command": shown, "stamp": stamp}
     tmp = dst / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -76,7 +77,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         stamp = f"{datetime.date.today()}, code at commit {rev or 'unknown'}"
-        print(f"results written to {publish(dataset, args.protocol, shown, stamp)}")
+        print(f"results written to {publish(ROOT, dataset, args.protocol, shown, stamp)}")
     except subprocess.CalledProcessError as err:
         sys.exit(f"{shown}: failed with exit status {err.returncode}; nothing published")
     finally:

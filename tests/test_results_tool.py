@@ -1,0 +1,47 @@
+"""`make results`: the committed results tables carry the exact command that made them."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "results", Path(__file__).resolve().parents[1] / "tools" / "results.py"
+)
+results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results)
+
+
+def _report(root: Path, protocol: str) -> None:
+    d = root / "reports" / "indian_pines"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"protocol": protocol, "seeds": [0, 1, 2]}))
+    (d / "summary.md").write_text(f"# indian_pines, protocol `{protocol}`\n\nbody\n")
+    (d / "variants_maps.png").write_bytes(b"png")
+
+
+def test_command_names_protocol_seeds_overrides_and_target():
+    cmd = results.command("leakfree", [0, 1, 2], ["train.early_stopping=10"])
+    assert cmd == [
+        "dvc", "exp", "run", "-S", "protocol=leakfree", "-S", "train.seeds=[0,1,2]",
+        "-S", "train.early_stopping=10", "report",
+    ]  # fmt: skip
+
+
+def test_publish_writes_the_command_into_both_summaries(tmp_path):
+    _report(tmp_path, "leakfree")
+    dst = results.publish(tmp_path, "indian_pines", "leakfree", "dvc exp run X", "today")
+    assert dst == tmp_path / "reports/results/indian_pines/leakfree"
+    md = (dst / "summary.md").read_text()
+    assert md.startswith("# indian_pines, protocol `leakfree`\n\nMade by `dvc exp run X` (today).")
+    assert md.endswith("body\n")
+    assert json.loads((dst / "summary.json").read_text())["made_by"]["command"] == "dvc exp run X"
+    assert (dst / "variants_maps.png").read_bytes() == b"png"
+
+
+def test_publish_refuses_a_report_of_another_protocol(tmp_path):
+    _report(tmp_path, "paper")
+    with pytest.raises(SystemExit, match="protocol 'paper', expected 'leakfree'"):
+        results.publish(tmp_path, "indian_pines", "leakfree", "cmd", "today")
+    assert not (tmp_path / "reports/results").exists()
