@@ -139,6 +139,35 @@ def test_disjoint_experiment_has_no_leakage(repo, tmp_path):
     assert meta["protocol"] == "leakfree"
 
 
+def test_fixed_split_from_a_geotiff_mask_runs_prepare_to_report(repo, tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    shared, env, _ = repo
+    root = _own_copy(shared, tmp_path / "own")
+    labels = np.load(shared / "data/prepared/indian_pines/labels.npy")
+    rng = np.random.default_rng(0)
+    train = (labels > 0) & (rng.random(labels.shape) < 0.3)
+    (root / "masks").mkdir()
+    tifffile.imwrite(root / "masks" / "train.tif", train.astype(np.uint8))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["protocol"] = "custom"
+    params["split"].update(mode="fixed", fixed={"train": "masks/train.tif", "test": None})
+    params["pca"]["fit_on"] = "train"
+    params["train"].update(models=["hybridsn"], seeds=[0])
+    params["tracking"]["enabled"] = False
+    (root / "params.fixed.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    hsi = [str(BIN / "hsi"), "--params", "params.fixed.yaml"]
+    for stage in (["prepare"], ["train", "--model", "hybridsn", "--seed", "0"],
+                  ["evaluate", "--model", "hybridsn", "--seed", "0"], ["report"]):  # fmt: skip
+        _run([*hsi, *stage], root, env)
+    split = np.load(root / "data/prepared/indian_pines/split.npz")
+    assert np.array_equal(split["train"] | split["val"], train)
+    assert np.array_equal(split["test"], (labels > 0) & ~train)
+    summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
+    assert summary["protocol"] == "custom" and summary["split"]["mode"] == "fixed"
+    metrics = json.loads((root / "reports/indian_pines/hybridsn-seed0/metrics.json").read_text())
+    assert metrics["n_test"] == int(((labels > 0) & ~train).sum())
+
+
 def test_prepare_with_wrong_key_names_file_and_keys(repo, tmp_path):
     shared, env, _ = repo
     root = _own_copy(shared, tmp_path / "own")
