@@ -1,12 +1,15 @@
 """Whole-scene map: one dense fully-convolutional pass vs batched per-pixel patches.
 
-Times `hybridsn` (random weights: speed does not depend on them) on an Indian Pines-sized scene
-(145 × 145, 30 components) with both paths of pipeline.evaluation.inference on the same device,
+Times `--model` (default `hybridsn`; random weights: speed does not depend on them) on an
+Indian Pines-sized scene
+(145 × 145, 30 components) with both paths of pipeline.evaluation.inference on the same device
+(`hybridsn_se`: the shared-trunk pass, its 3-D convs once per scene),
 checks that they agree, and measures the peak host memory of the dense path on a Pavia
 University-sized scene (610 × 340, 15 components) in a fresh subprocess.
 
     python bench/scene_inference.py                  # CPU: patch path timed on a subset
     python bench/scene_inference.py --device cuda --patch-pixels 0   # all 21,025 pixels
+    python bench/scene_inference.py --model hybridsn_se --repeats 1
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ print(json.dumps({{"seconds": pred.seconds, "method": pred.method,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--model", default="hybridsn")
     ap.add_argument(
         "--patch-pixels",
         type=int,
@@ -94,7 +98,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     cube = np.random.default_rng(0).normal(size=(145, 145, 30)).astype(np.float32)
-    model = build_model("hybridsn", 30, P, 16).to(device).eval()
+    model = build_model(args.model, 30, P, 16).to(device).eval()
     print(f"device: {device_name(device)}  date: {datetime.date.today()}")
 
     dense_s = time_best(
@@ -128,14 +132,14 @@ def main() -> None:
     patch_s = time_best(patch_path, device, 1 if device.type == "cpu" else args.repeats)
     patch_full_s = patch_s * (h * w) / rows.numel()
     with torch.inference_mode():
-        dense_logits, _ = scene_logits(model, padded, P, strip_rows=args.strip_rows)
+        dense_logits, method = scene_logits(model, padded, P, strip_rows=args.strip_rows)
         dense_pred = dense_logits.argmax(0).reshape(-1)[idx]
     agree = bool(torch.equal(dense_pred, patch_path()))
     scaled = (
         "" if rows.numel() == h * w else f" (timed on {rows.numel()} pixels, scaled to {h * w})"
     )
-    print("Indian Pines-sized map (21,025 pixels, K=30, P=25), hybridsn:")
-    print(f"  dense fully-convolutional pass : {1000 * dense_s:10.1f} ms")
+    print(f"Indian Pines-sized map (21,025 pixels, K=30, P=25), {args.model}:")
+    print(f"  {method + ' pass':<31}: {1000 * dense_s:10.1f} ms")
     print(f"  batched per-pixel patches      : {1000 * patch_full_s:10.1f} ms{scaled}")
     print(
         f"  speed-up                       : {patch_full_s / dense_s:10.1f}x   same labels: {agree}"
