@@ -45,3 +45,25 @@ def test_publish_refuses_a_report_of_another_protocol(tmp_path):
     with pytest.raises(SystemExit, match="protocol 'paper', expected 'leakfree'"):
         results.publish(tmp_path, "indian_pines", "leakfree", "cmd", "today")
     assert not (tmp_path / "reports/results").exists()
+
+
+def test_table_lists_every_protocol_and_variant_with_its_verdict(tmp_path):
+    stat = {"mean": 0.99, "std": 0.001, "n": 3}
+    for protocol, verdict in (("leakfree", "no evidence"), ("paper", "better")):
+        d = tmp_path / "reports/results/indian_pines" / protocol
+        d.mkdir(parents=True)
+        row = {k: stat for k in ("oa", "aa", "kappa")}
+        row |= {"epochs_run": {"mean": 30.0}, "best_epoch": {"mean": 20.0}}
+        summary = {
+            "protocol": protocol,
+            "models": {"hybridsn": row, "hybridsn_se": row},
+            "comparisons": {"hybridsn_se": {"verdict": verdict, "paired_t": {"p_value": 0.012}}},
+        }
+        (d / "summary.json").write_text(json.dumps(summary))
+    lines = results.table(tmp_path, "indian_pines").splitlines()
+    assert len(lines) == 2 + 4
+    assert lines[2].startswith("| `leakfree` | `hybridsn` | 99.00 ± 0.10 |")
+    assert lines[2].endswith("| 30 (20) | baseline |")
+    assert lines[5].endswith(
+        "| `hybridsn_se` | 99.00 ± 0.10 | 99.00 ± 0.10 | 99.00 ± 0.10 | 30 (20) | better (p = 0.012) |"
+    )

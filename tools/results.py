@@ -55,15 +55,47 @@ def publish(root: Path, dataset: str, protocol: str, shown: str, stamp: str) -> 
     return dst
 
 
+def table(root: Path, dataset: str) -> str:
+    """One markdown table of every published protocol (the README's Results section)."""
+    lines = [
+        "| protocol | model | OA (%) | AA (%) | kappa (%) | epochs run (best) | vs `hybridsn` |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for path in sorted((root / "reports" / "results" / dataset).glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        for m, r in s["models"].items():
+            pm = {
+                k: f"{100 * r[k]['mean']:.2f} ± {100 * r[k]['std']:.2f}"
+                for k in ("oa", "aa", "kappa")
+            }
+            epochs = f"{r['epochs_run']['mean']:.0f} ({r['best_epoch']['mean']:.0f})"
+            t = s["comparisons"].get(m)
+            verdict = "baseline" if t is None else t["verdict"]
+            if t and t["paired_t"]["p_value"] is not None:
+                verdict += f" (p = {t['paired_t']['p_value']:.2g})"
+            lines.append(
+                f"| `{s['protocol']}` | `{m}` | {pm['oa']} | {pm['aa']} | {pm['kappa']} | "
+                f"{epochs} | {verdict} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", required=True, choices=["paper", "leakfree", "custom"])
+    ap.add_argument("--protocol", choices=["paper", "leakfree", "custom"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="another `dvc exp run -S` override")  # fmt: skip
     ap.add_argument("--publish-only", action="store_true",
                     help="copy the current report without running (after an interrupted run)")  # fmt: skip
+    ap.add_argument("--table", action="store_true",
+                    help="print every published protocol as one markdown table, run nothing")  # fmt: skip
     args = ap.parse_args()
+    if args.table:
+        print(table(ROOT, yaml.safe_load((ROOT / "params.yaml").read_text())["dataset"]["name"]))
+        return
+    if not args.protocol:
+        ap.error("--protocol is required (or --table)")
     cmd = command(args.protocol, args.seeds, args.set)
     shown = shlex.join(cmd)
     params_file = ROOT / "params.yaml"
