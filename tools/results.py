@@ -4,7 +4,9 @@ Runs ``dvc exp run -S protocol=<protocol> -S train.seeds=[...] [-S ...] report``
 seed trained, evaluated and compared by the `report` stage), then copies the report's
 ``summary.{md,json}`` and ``variants_maps.png`` into ``reports/results/<dataset>/<protocol>/``
 with the exact command, commit and date written on top. ``params.yaml`` is put back afterwards;
-the experiment stays in ``dvc exp show``.
+the experiment stays in ``dvc exp show``. Do not commit while it runs: ``dvc exp run`` detaches
+HEAD at the commit it started from and returns the branch there when it ends, so such commits
+leave the branch (they stay in ``git reflog``). ``--publish-only`` stamps the current commit.
 
     python tools/results.py --protocol paper --seeds 0 1 2 --set train.early_stopping=10
     python tools/results.py --protocol leakfree --seeds 0 1 2 --set train.early_stopping=10
