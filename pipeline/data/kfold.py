@@ -177,7 +177,7 @@ class _Balancer:
     (844) swaps cost 10x the time and changed the worst class share by 0.002.
     """
 
-    def __init__(self, x: np.ndarray, w: np.ndarray, target: np.ndarray, keep_nonempty: bool):
+    def __init__(self, x: np.ndarray, w: np.ndarray, target: np.ndarray):
         self.x, self.w, self.target = x, w, target
         self.xw = x * w
         self.q = (self.xw * x).sum(1)
@@ -185,7 +185,6 @@ class _Balancer:
         self.half_swap = None
         if self.n <= _MAX_SWAP_BLOCKS:
             self.half_swap = self.q[:, None] + self.q[None, :] - 2 * (self.xw @ x.T)
-        self.keep_nonempty = keep_nonempty
 
     def sums(self, group: np.ndarray) -> np.ndarray:
         return np.stack([self.x[group == k].sum(0) for k in range(self.k)])
@@ -194,18 +193,12 @@ class _Balancer:
         return float((self.w * (sums - self.target) ** 2).sum())
 
     def greedy(self) -> np.ndarray:
-        """Largest blocks first, each to the group where it lowers the score most.
-
-        With ``keep_nonempty`` the K largest blocks open one group each.
-        """
+        """Largest blocks first, each to the group where it lowers the score most."""
         order = np.argsort(-self.x[:, -1], kind="stable")
         group = np.zeros(self.n, dtype=np.int64)
         f = np.zeros_like(self.target)
-        for rank, b in enumerate(order):
-            if self.keep_nonempty and rank < self.k:
-                g = rank
-            else:
-                g = int(np.argmin(2 * (f - self.target) @ self.xw[b] + self.q[b]))
+        for b in order:
+            g = int(np.argmin(2 * (f - self.target) @ self.xw[b] + self.q[b]))
             group[b] = g
             f[g] += self.x[b]
         return group
@@ -224,13 +217,11 @@ class _Balancer:
             own = g[ar, group]
             move = g - own[:, None] + self.q[:, None]
             move[ar, group] = np.inf
-            if self.keep_nonempty:
-                move[np.bincount(group, minlength=self.k)[group] == 1] = np.inf
             b, to = divmod(int(np.argmin(move)), self.k)
             new = f.copy()
             new[group[b]] -= self.x[b]
             new[to] += self.x[b]
-            if np.isfinite(move[b, to]) and self._better(new, score):
+            if self._better(new, score):
                 group[b], f, score = to, new, self.score(new)
                 continue
             if self.half_swap is None:
@@ -264,8 +255,6 @@ class _Balancer:
             group = best.copy()
             pick = rng.choice(self.n, size=m, replace=False)
             group[pick] = (group[pick] + rng.integers(1, self.k, size=m)) % self.k
-            if self.keep_nonempty and len(np.unique(group)) < self.k:
-                continue
             group, score = self.descend(group)
             if score <= best_score + 1e-12 * max(best_score, 1.0):
                 best, best_score = group, score
@@ -302,7 +291,7 @@ def _choose_val(counts: np.ndarray, val_fraction: float, rng: np.random.Generato
     """
     pool = counts.sum(0)
     target = np.stack([(1 - val_fraction) * pool, val_fraction * pool])
-    balancer = _Balancer(counts, _weights(val_fraction * pool), target, keep_nonempty=False)
+    balancer = _Balancer(counts, _weights(val_fraction * pool), target)
     is_val = balancer.search(rng) == 1
     while True:
         train = counts[~is_val, :-1].sum(0)
@@ -334,10 +323,12 @@ def assign_folds(
     The score is the mean over classes of the squared relative deviation of each fold's class
     count from class total / K, plus the same for fold sizes (labelled pixels). Start: largest
     blocks first, each to the fold it helps most; then steepest descent over single-block
-    moves and swaps, and ``_KICKS`` seeded kicks (``np.random.default_rng(seed)``). Blocks
-    without labelled pixels go, largest first, to the fold with the least area. Validation for
-    test fold k: blocks of the other folds holding about ``val_fraction`` of each class's pool,
-    chosen by the same search, each class keeping >= 1 training pixel; 0 = none.
+    moves and swaps, and ``_KICKS`` seeded kicks (``np.random.default_rng(seed)``). No fold
+    ends without labelled pixels: while one is empty, moving a block into it from a fold holding
+    two lowers the fold-size term, so the descent cannot stop there. Blocks without labelled
+    pixels go, largest first, to the fold with the least area. Validation for test fold k:
+    blocks of the other folds holding about ``val_fraction`` of each class's pool, chosen by
+    the same search, each class keeping >= 1 training pixel; 0 = none.
     """
     seed = _check_int("split.seed", seed, 0)
     n_folds = _check_int("split.folds", n_folds, 2)
@@ -368,7 +359,7 @@ def assign_folds(
     x = counts[labelled]
     total = x.sum(0)
     target = np.broadcast_to(total / n_folds, (n_folds, len(total))).copy()
-    groups = _Balancer(x, _weights(total / n_folds), target, keep_nonempty=True).search(rng)
+    groups = _Balancer(x, _weights(total / n_folds), target).search(rng)
 
     block_fold = np.zeros(n_blocks, dtype=np.int64)
     block_fold[labelled] = groups
