@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 import torch
+from pipeline.models.denoisers import build_denoiser
 from torch import nn
 
 from pipeline.evaluation.denoise import denoise_cube
-from pipeline.models.denoisers import build_denoiser
 from pipeline.params import load_params
 from pipeline.training.common import autocast, cpu_bf16_supported, device_name
 from pipeline.training.denoise_data import fit_subspace, sample_patches, training_planes

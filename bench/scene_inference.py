@@ -63,7 +63,7 @@ from pipeline.models import build_model
 from pipeline.evaluation.inference import predict_scene
 torch.manual_seed(0)
 cube = np.random.default_rng(0).normal(size=(610, 340, 15)).astype(np.float32)
-model = build_model("hybridsn", 15, {P}, 9)
+model = build_model("hybridsn", 15, {P}, 9, dropout=0.4)
 base = hwm()
 with torch.inference_mode():
     pred = predict_scene(model, cube, {P}, device="{device}", strip_rows={strip_rows})
@@ -98,7 +98,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     cube = np.random.default_rng(0).normal(size=(145, 145, 30)).astype(np.float32)
-    model = build_model(args.model, 30, P, 16).to(device).eval()
+    model = build_model(args.model, 30, P, 16, dropout=0.4).to(device).eval()
     print(f"device: {device_name(device)}  date: {datetime.date.today()}")
 
     dense_s = time_best(

@@ -158,3 +158,18 @@ def raw_fingerprint(manifest: Mapping[str, Any], crop: Any) -> str:
             "crop": crop,
         }
     )
+
+
+def check_same_file(
+    what: str, recorded: str | None, actual: str | None, *, against: str, fix: str, thing: str
+) -> None:
+    """DataError unless ``what`` recorded the sha256 ``recorded`` of ``against`` (a ``thing``:
+    checkpoint, scene map, raw cube ...) and that file now has ``actual`` (None: missing)."""
+    if recorded and actual and recorded == actual:
+        return
+    if actual is None:
+        raise DataError(f"{against}: missing (the {thing} {what} was made from); run `{fix}`")
+    raise DataError(
+        f"{what}: made from the {thing} {against} with sha256 {short(recorded)} but the file now "
+        f"has {short(actual)}; run `{fix}` (or `dvc repro`) to rebuild it"
+    )

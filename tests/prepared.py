@@ -19,15 +19,45 @@ def write_prepared(root: Path, name: str, cube, labels, split: dict, pca: dict, 
     np.savez_compressed(d / "split.npz", **split)
     np.savez_compressed(d / "pca.npz", **pca)
     n_classes = int(labels.max())
+    manifest = root / "data" / "raw" / name / "manifest.json"
+    cube_sha = (
+        json.loads(manifest.read_text())["cube"]["sha256"] if manifest.is_file() else "0" * 64
+    )
     meta = {
         "dataset": name,
         "class_names": [chr(ord("a") + i) for i in range(n_classes)],
         "n_classes": n_classes,
         "rgb_bands": [0, 1, 2],
         "palette": None,
-        "cube_sha256": "0" * 64,
+        "cube_sha256": cube_sha,  # made from the fetched raw cube, when there is one
         "raw_bands": cube.shape[-1],
         "fingerprint": fp or prepared_fingerprint(cube, labels, split, pca),
     }
     (d / "meta.json").write_text(json.dumps(meta))
     return d
+
+
+def prepared_data(cube, labels, train, val, test=None, **views):
+    """In-memory prepared data for the training core: masks, and optional input views
+    (``view_train=...``) as k-fold would give them."""
+    from pipeline.data.prepared import Prepared
+
+    test = test if test is not None else (labels > 0) & ~train & ~val
+    split = {"train": train, "val": val, "test": test, **views}
+    n = int(labels.max())
+    meta = {"class_names": [chr(ord("a") + i) for i in range(n)], "fingerprint": "test"}
+    return Prepared(cube, labels, split, meta, {})
+
+
+def train_cfg(**changes):
+    """The validated ``train`` section with ``changes``."""
+    from pipeline.params import defaults
+
+    return defaults().override({f"train.{k}": v for k, v in changes.items()}).train
+
+
+def denoise_cfg(**changes):
+    """The validated ``denoise`` section with ``changes``."""
+    from pipeline.params import defaults
+
+    return defaults().override({f"denoise.{k}": v for k, v in changes.items()}).denoise

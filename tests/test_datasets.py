@@ -410,9 +410,9 @@ def test_default_rgb_bands_put_long_wavelengths_in_red():
 
 
 def test_custom_keys_match_the_params_schema():
-    from pipeline.params import SCHEMA
+    from pipeline.params import CustomDataset
 
-    assert set(SCHEMA["dataset"]["custom"]) == set(CUSTOM_KEYS)
+    assert set(CustomDataset().keys()) == set(CUSTOM_KEYS)
 
 
 def test_load_raw_crops_cube_and_labels(tmp_path):

@@ -16,9 +16,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from pipeline.evaluation import denoise as dn
 from pipeline.models.dncnn import DnCNN
 from pipeline.models.dncnn_spectral import DnCNNSpectral
-from pipeline.models.dncnn_subspace import DnCNNSubspace
+from pipeline.models.dncnn_subspace import DnCNNSubspace, fit_subspace
 from pipeline.params import validate
-from pipeline.training.denoise_data import add_noise, fit_subspace, row_split
+from pipeline.training.denoise_data import add_noise, row_split
 from pipeline.training.denoiser import load_denoiser
 
 MODELS = ["dncnn_subspace", "dncnn_spectral", "dncnn"]
@@ -205,8 +205,9 @@ def stage_run(tmp_path_factory):
             "dataset": {"crop": [0, 40, 0, 40]},
             "pca": {"components": 16},
             "patch": {"size": 11},
-            "train": {"epochs": 1, "batch_size": 64, "device": "cpu"},
-            "evaluate": {"batch_size": 256},
+            "train": {"epochs": 1, "batch_size": 64},
+            "compute": {"device": "cpu"},
+            "inference": {"batch_size": 256},
             "denoise": {
                 "depth": 3,
                 "channels": 8,
@@ -246,7 +247,7 @@ def test_denoise_train_outputs(stage_run):
             "gap_rows": 4,
         }
         model, ckpt = load_denoiser(root / f"models/indian_pines/denoisers/{name}.pt")
-        assert model.name == name and ckpt["model_config"]["model"] == name
+        assert model.name == name and ckpt["model_config"]["name"] == name
         assert ckpt["band_min"].shape == ckpt["band_max"].shape == (200,)
         assert ckpt["noise"] == {"sigma": 30.0, "blind": True, "sigma_range": [0.0, 55.0]}
         assert ckpt["meta"]["shape"] == [40, 40, 200]
@@ -330,6 +331,5 @@ def test_robustness_takes_its_classifier_from_params(stage_run):
     from pipeline.errors import ParamsError
     from pipeline.stages import robustness
 
-    bad = {**params, "denoise": {**params["denoise"], "robustness_seed": 7}}
     with pytest.raises(ParamsError, match="robustness_seed"):
-        robustness.run(bad)
+        robustness.run(params.override({"denoise.robustness_seed": 7}))

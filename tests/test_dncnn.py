@@ -6,36 +6,46 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from prepared import denoise_cfg
 from torch import nn
 
 from pipeline.errors import ParamsError
-from pipeline.models.denoisers import build_denoiser
+from pipeline.models import rebuild, spec
 from pipeline.models.dncnn import DnCNN
 from pipeline.models.dncnn_spectral import DnCNNSpectral, neighbour_bands
-from pipeline.models.dncnn_subspace import DnCNNSubspace
+from pipeline.models.dncnn_subspace import DnCNNSubspace, eigen_images, fit_subspace
 from pipeline.training import denoiser as denoiser_module
+from pipeline.training.checkpoint import StateFile
 from pipeline.training.denoise_data import (
     GAP_ROWS,
     RowSplit,
     add_noise,
     band_range,
-    eigen_images,
-    fit_subspace,
     noise_levels,
     row_split,
     sample_patches,
     scale_bands,
-    training_planes,
     training_scaling,
     unscale_bands,
 )
-from pipeline.training.denoiser import (
-    DenoiseConfig,
-    load_denoiser,
-    save_denoiser,
-    train_denoiser,
-    trained_net,
-)
+from pipeline.training.denoiser import load_denoiser, save_denoiser, train_denoiser
+
+
+def build_denoiser(name, **config):
+    return spec(name, "denoising").cls(**config)
+
+
+def training_planes(name, clean, *, k=2, sub=None, rank=None):
+    """The planes model ``name`` trains on (its own :meth:`training_planes`)."""
+    kw = {
+        "dncnn_subspace": {"bands": clean.shape[-1], "rank": rank or 1},
+        "dncnn_spectral": {"k": k},
+    }
+    model = build_denoiser(name, depth=3, channels=4, **kw.get(name, {}))
+    if name == "dncnn_subspace":
+        model.set_subspace(sub.mean, sub.basis, sub.eigvals)
+    return model.training_planes(clean)
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +77,7 @@ def test_forward_is_input_minus_predicted_noise():
 
 
 def test_layout_follows_the_paper():
-    model = DnCNN()
+    model = DnCNN(depth=17, channels=64)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(convs) == 17 and len(bns) == 15
@@ -82,7 +92,7 @@ def test_layout_follows_the_paper():
 
 def test_config_rebuilds_the_model():
     model = DnCNN(depth=4, channels=6)
-    clone = DnCNN(**model.config)
+    clone = rebuild(model.config)
     clone.load_state_dict(model.state_dict())
     x = torch.rand(2, 1, 9, 9)
     torch.testing.assert_close(model.eval()(x), clone.eval()(x))
@@ -91,7 +101,7 @@ def test_config_rebuilds_the_model():
 @pytest.mark.parametrize("kw", [{"depth": 2}, {"channels": 0}, {"depth": 3.5}])
 def test_bad_sizes_are_params_errors(kw):
     with pytest.raises(ParamsError):
-        DnCNN(**kw)
+        DnCNN(**{"depth": 17, "channels": 64, **kw})
 
 
 @pytest.mark.parametrize("height", [12, 40, 145, 610])
@@ -172,7 +182,7 @@ def test_blind_training_draws_sigma_in_range(monkeypatch):
     assert s.min() < 5 and s.max() > 50
 
 
-def _tiny_config(**kw) -> DenoiseConfig:
+def _tiny_config(**kw):
     base = {
         "sigma": 30,
         "blind": False,
@@ -184,7 +194,7 @@ def _tiny_config(**kw) -> DenoiseConfig:
         "lr": 3e-3,
         "val_patches": 8,
     }
-    return DenoiseConfig(**{**base, **kw})
+    return denoise_cfg(**{**base, **kw})
 
 
 def test_a_few_steps_lower_the_loss():
@@ -194,9 +204,9 @@ def test_a_few_steps_lower_the_loss():
     losses = [row["train_loss"] for row in result.history]
     assert len(result.history) == 4
     assert losses[-1] < losses[0]
-    assert result.best_val_psnr > result.initial_val_psnr
-    assert result.noisy_val_psnr == pytest.approx(20 * np.log10(255 / 30), abs=0.5)
-    assert result.patch_size == 16
+    assert result.best_score > result.extra["initial_val_psnr"]
+    assert result.extra["noisy_val_psnr"] == pytest.approx(20 * np.log10(255 / 30), abs=0.5)
+    assert result.extra["patch_size"] == 16
 
 
 def test_training_is_deterministic_on_cpu():
@@ -220,7 +230,7 @@ def test_patch_shrinks_to_a_small_region_and_blind_training_runs():
     cfg = _tiny_config(patch_size=40, blind=True, epochs=1, steps_per_epoch=1)
     planes = training_planes("dncnn", smooth_cube(12, 20))
     res = train_denoiser(DnCNN(depth=3, channels=4), planes, cfg, progress=False)
-    assert res.patch_size == 12
+    assert res.extra["patch_size"] == 12
 
 
 @pytest.mark.parametrize("name", ["dncnn", "dncnn_subspace", "dncnn_spectral"])
@@ -290,7 +300,7 @@ def test_denoise_train_saves_the_training_row_scaling(tmp_path, monkeypatch):
         params = validate(
             {
                 "dataset": {"name": "custom", "custom": custom},
-                "train": {"device": "cpu"},
+                "compute": {"device": "cpu"},
                 "denoise": {
                     "models": ["dncnn"],
                     "depth": 3,
@@ -394,7 +404,7 @@ def test_spectral_model_shapes_at_the_first_and_last_band():
     np.testing.assert_allclose(out[..., 0], first, atol=1e-5)
     np.testing.assert_allclose(out[..., 4], last, atol=1e-5)
     with pytest.raises(ParamsError, match="even"):
-        DnCNNSpectral(k=3)
+        DnCNNSpectral(depth=3, channels=4, k=3)
     with pytest.raises(ParamsError, match="neighbours"):
         neighbour_bands(2, 4)
 
@@ -408,8 +418,8 @@ def test_spectral_models_train(name):
     if name == "dncnn_subspace":
         model.set_subspace(sub.mean, sub.basis, sub.eigvals)
     planes = training_planes(name, clean, k=2, sub=sub, rank=3)
-    res = train_denoiser(trained_net(model), planes, _tiny_config(), progress=False)
-    assert res.best_val_psnr > res.initial_val_psnr
+    res = train_denoiser(model.trainable_net, planes, _tiny_config(), progress=False)
+    assert res.best_score > res.extra["initial_val_psnr"]
 
 
 def test_batchnorm_recalibration_averages_fresh_batch_statistics():
@@ -471,8 +481,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, caplog):
             planes,
             cfg,
             progress=False,
-            state_file=state,
-            state_fingerprint="fp",
+            store=StateFile(state, "fp"),
             on_epoch=kill_after_two,
         )
     assert state.is_file()
@@ -483,8 +492,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, caplog):
             planes,
             cfg,
             progress=False,
-            state_file=state,
-            state_fingerprint="fp",
+            store=StateFile(state, "fp"),
         )
     assert "resuming from epoch 3" in caplog.text
     assert res.resumed_from == 3

@@ -38,7 +38,7 @@ K, P, C = 16, 11, 3
 
 def _classifier_ckpt(path, data_fingerprint="d" * 64, **overrides):
     torch.manual_seed(0)
-    model = build_model("hybridsn", K, P, C)
+    model = build_model("hybridsn", K, P, C, dropout=0.4)
     fields = dict(
         state_dict=model.state_dict(),
         model_config=model.config,
@@ -177,13 +177,13 @@ def test_checkpoint_records_provenance_and_loads_weights_only(tmp_path):
 def test_dncnn_checkpoint_is_not_taken_for_a_classifier(tmp_path):
     from pipeline.models.dncnn import DnCNN
 
-    model = DnCNN()
+    model = DnCNN(depth=17, channels=64)
     path = tmp_path / "dn.pt"
     save_checkpoint(
         path,
         kind="dncnn",
         state_dict=model.state_dict(),
-        model_config={},
+        model_config=model.config,
         band_min=np.zeros(4),
         band_max=np.ones(4),
         noise={"sigma": 30.0},
@@ -307,7 +307,8 @@ def _params(tmp_path, **train):
     p = validate(
         {
             "dataset": {"name": "indian_pines"},
-            "train": {"device": "cpu", **train},
+            "compute": {"device": "cpu"},
+            "train": {**train},
             "patch": {"size": P},
             "tracking": {"enabled": False},
         }
@@ -315,7 +316,7 @@ def _params(tmp_path, **train):
     path = tmp_path / "params.yaml"
     import yaml
 
-    path.write_text(yaml.safe_dump(p))
+    path.write_text(yaml.safe_dump(p.to_dict()))
     return p, path
 
 
@@ -533,7 +534,7 @@ def test_robustness_refuses_a_classifier_trained_on_other_prepared_data(tmp_path
     params = validate(
         {
             "dataset": {"name": "custom", "custom": custom},
-            "train": {"device": "cpu"},
+            "compute": {"device": "cpu"},
             "tracking": {"enabled": False},
         }
     )
@@ -639,9 +640,9 @@ def test_hsi_data_dir_that_is_not_a_folder_is_an_error(tmp_path, monkeypatch):
 
 def test_denoise_evaluate_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, monkeypatch):
     from pipeline.data.fetching import fetch_dataset
-    from pipeline.models.denoisers import build_denoiser
+    from pipeline.models.dncnn import DnCNN
     from pipeline.stages import denoise_evaluate
-    from pipeline.stages.common import dncnn_path
+    from pipeline.stages.common import denoiser_path
 
     monkeypatch.chdir(tmp_path)
     cube, labels, _, _ = _scene()
@@ -651,16 +652,16 @@ def test_denoise_evaluate_refuses_a_denoiser_trained_on_another_raw_scene(tmp_pa
         {
             "dataset": {"name": "custom", "custom": custom},
             "denoise": {"models": ["dncnn"]},
-            "train": {"device": "cpu"},
+            "compute": {"device": "cpu"},
             "tracking": {"enabled": False},
         }
     )
-    model = build_denoiser("dncnn")
+    model = DnCNN(depth=17, channels=64)
     save_checkpoint(
-        dncnn_path(params, "dncnn"),
+        denoiser_path(params, "dncnn"),
         kind="dncnn",
         state_dict=model.state_dict(),
-        model_config={"model": "dncnn"},
+        model_config=model.config,
         band_min=cube.min(axis=(0, 1)),
         band_max=cube.max(axis=(0, 1)),
         noise={"sigma": 30.0},
@@ -679,9 +680,9 @@ def test_denoise_evaluate_refuses_a_denoiser_trained_on_another_raw_scene(tmp_pa
 
 def test_robustness_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, monkeypatch):
     from pipeline.data.fetching import fetch_dataset
-    from pipeline.models.denoisers import build_denoiser
+    from pipeline.models.dncnn import DnCNN
     from pipeline.stages import robustness
-    from pipeline.stages.common import dncnn_path
+    from pipeline.stages.common import denoiser_path
 
     monkeypatch.chdir(tmp_path)
     cube, labels, split, pca = _scene()
@@ -691,7 +692,7 @@ def test_robustness_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, mo
         {
             "dataset": {"name": "custom", "custom": custom},
             "denoise": {"models": ["dncnn"]},
-            "train": {"device": "cpu"},
+            "compute": {"device": "cpu"},
             "tracking": {"enabled": False},
         }
     )
@@ -699,12 +700,12 @@ def test_robustness_refuses_a_denoiser_trained_on_another_raw_scene(tmp_path, mo
     seed = params["denoise"]["robustness_seed"]
     fp = prepared_fingerprint(cube, labels, split, pca)
     _classifier_ckpt(tmp_path / "models" / "custom" / f"hybridsn-seed{seed}.pt", fp)
-    model = build_denoiser("dncnn")
+    model = DnCNN(depth=17, channels=64)
     save_checkpoint(
-        dncnn_path(params, "dncnn"),
+        denoiser_path(params, "dncnn"),
         kind="dncnn",
         state_dict=model.state_dict(),
-        model_config={"model": "dncnn"},
+        model_config=model.config,
         band_min=cube.min(axis=(0, 1)),
         band_max=cube.max(axis=(0, 1)),
         noise={"sigma": 30.0},

@@ -9,19 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from prepared import prepared_data, train_cfg
 
 from pipeline.models import build_model
 from pipeline.models.blocks import SqueezeExcite
 from pipeline.params import validate
-from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.classifier import train_classifier
 
 
 def test_hybridsn_se_gates_its_features():
     """hybridsn_se = hybridsn + SE: same weights without the SE gates give other logits."""
     torch.manual_seed(0)
-    se = build_model("hybridsn_se", 16, 11, 3).eval()
+    se = build_model("hybridsn_se", 16, 11, 3, dropout=0.4).eval()
     assert any(isinstance(m, SqueezeExcite) for m in se.modules())
-    plain = build_model("hybridsn", 16, 11, 3).eval()
+    plain = build_model("hybridsn", 16, 11, 3, dropout=0.4).eval()
     shared = {k: v for k, v in se.state_dict().items() if not k.startswith("se.")}
     plain.load_state_dict(shared, strict=True)
     x = torch.randn(4, 1, 16, 11, 11)
@@ -55,11 +56,12 @@ def test_learning_rate_follows_the_schedule(small_scene, schedule):
     cube, labels, train, val = small_scene
     epochs, lr = 4, 1e-2
     torch.manual_seed(0)
-    model = build_model("hybridsn_2d3d", 6, 9, 2)
-    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=lr, schedule=schedule, amp=False)
+    model = build_model("hybridsn_2d3d", 6, 9, 2, dropout=0.4)
+    cfg = train_cfg(epochs=epochs, batch_size=64, lr=lr, schedule=schedule)
     result = train_classifier(
-        model, cube, labels, train, val, cfg, patch_size=9, device="cpu", progress=False
-    )
+        model, prepared_data(cube, labels, train, val), cfg, seed=0, patch_size=9,
+        device="cpu", amp=False, progress=False,
+    )  # fmt: skip
     # the lr each epoch ran with, as recorded after the epoch's scheduler step
     got = [row["lr"] for row in result.history]
     if schedule == "cosine":
@@ -83,15 +85,15 @@ def _prepare(tmp_path, monkeypatch, fit_on: str) -> dict:
     np.save(tmp_path / "gt.npy", gt)
     params = validate(
         {
+            "protocol": "custom",
             "dataset": {
                 "name": "custom",
                 "custom": {"cube": str(tmp_path / "cube.npy"), "gt": str(tmp_path / "gt.npy")},
             },
-            "pca": {"components": 3},
+            "pca": {"components": 3, "fit_on": fit_on},
             "patch": {"size": 3},
         }
     )
-    params["pca"]["fit_on"] = fit_on
     work = tmp_path / fit_on
     work.mkdir()
     monkeypatch.chdir(work)
@@ -101,7 +103,7 @@ def _prepare(tmp_path, monkeypatch, fit_on: str) -> dict:
     split = np.load(out / "split.npz")
     return {
         "cube": cube,
-        "fit": split["train"] | split["val"],
+        "fit": split["train"],  # PCA sees training pixels only, not even validation ones
         "mean": np.load(out / "pca.npz")["mean"],
         "fit_pixels": json.loads((out / "pca.json").read_text())["fit_pixels"],
     }

@@ -27,7 +27,7 @@ def test_registry_has_all_variants():
 
 
 def test_hybridsn_matches_paper_parameter_count():
-    model = build_model("hybridsn", 30, 25, 16)
+    model = build_model("hybridsn", 30, 25, 16, dropout=0.4)
     assert count_parameters(model) == 5_122_176
     per_layer = [
         sum(p.numel() for p in layer.parameters())
@@ -37,7 +37,7 @@ def test_hybridsn_matches_paper_parameter_count():
 
 
 def test_count_parameters_skips_frozen():
-    model = build_model("hybridsn", 30, 25, 16)
+    model = build_model("hybridsn", 30, 25, 16, dropout=0.4)
     model.fc1.requires_grad_(False)
     assert count_parameters(model) == 5_122_176 - 4_735_232
 
@@ -46,7 +46,7 @@ def test_count_parameters_skips_frozen():
 @pytest.mark.parametrize("size", [(30, 25, 16), (15, 25, 9), (20, 11, 5), (16, 13, 3), (13, 9, 2)])
 def test_builds_for_any_size(name, size):
     bands, patch, classes = size
-    model = build_model(name, bands, patch, classes).eval()
+    model = build_model(name, bands, patch, classes, dropout=0.4).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 1, bands, patch, patch))
     assert out.shape == (2, classes)
@@ -57,14 +57,14 @@ def test_builds_for_any_size(name, size):
 
 def test_unknown_name_lists_known_names():
     with pytest.raises(ParamsError) as err:
-        build_model("hybridsn_xl", 30, 25, 16)
+        build_model("hybridsn_xl", 30, 25, 16, dropout=0.4)
     for name in NAMES:
         assert name in str(err.value)
 
 
 def test_unknown_option_is_a_params_error():
     with pytest.raises(ParamsError, match="reduction"):
-        build_model("hybridsn", 30, 25, 16, reduction=8)
+        build_model("hybridsn", 30, 25, 16, reduction=8, dropout=0.4)
 
 
 @pytest.mark.parametrize(
@@ -84,16 +84,16 @@ def test_unknown_option_is_a_params_error():
 )
 def test_bad_arguments(name, args, kw, match):
     with pytest.raises(ParamsError, match=match):
-        build_model(name, *args, **kw)
+        build_model(name, *args, **{"dropout": 0.4, **kw})
 
 
 def test_2d3d_accepts_few_bands():
-    model = build_model("hybridsn_2d3d", 3, 9, 2)
+    model = build_model("hybridsn_2d3d", 3, 9, 2, dropout=0.4)
     assert model(torch.randn(2, 1, 3, 9, 9)).shape == (2, 2)
 
 
 def test_wrong_input_shape_is_reported():
-    model = build_model("hybridsn", 16, 11, 3)
+    model = build_model("hybridsn", 16, 11, 3, dropout=0.4)
     with pytest.raises(ValueError, match="shape"):
         model(torch.randn(2, 1, 15, 11, 11))
     with pytest.raises(ValueError, match="11×11"):
@@ -102,7 +102,7 @@ def test_wrong_input_shape_is_reported():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_keras_initialisation(name):
-    model = build_model(name, 16, 11, 3)
+    model = build_model(name, 16, 11, 3, dropout=0.4)
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Conv3d | nn.Linear):
             w = module.weight
@@ -131,7 +131,7 @@ def _separable_batch(n=32, bands=16, patch=11, classes=3):
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_falls(name):
     x, y = _separable_batch()
-    model = build_model(name, 16, 11, 3).train()
+    model = build_model(name, 16, 11, 3, dropout=0.4).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(15):
@@ -145,7 +145,7 @@ def test_loss_falls(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_round_trip(name, tmp_path):
-    model = build_model(name, 16, 11, 3)
+    model = build_model(name, 16, 11, 3, dropout=0.4)
     _randomise(model)
     model.eval()
     path = tmp_path / "model.pt"
@@ -183,7 +183,7 @@ def _patches(padded: torch.Tensor, patch: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", DENSE)
 def test_dense_equals_patches(name):
     bands, patch, classes, height, width = 16, 11, 3, 12, 10
-    model = build_model(name, bands, patch, classes)
+    model = build_model(name, bands, patch, classes, dropout=0.4)
     _randomise(model)
     model.eval()
     assert model.supports_dense
@@ -202,7 +202,7 @@ def test_dense_equals_patches(name):
 
 def test_se_scene_pass_shares_the_3d_trunk_and_equals_patches():
     bands, patch, classes, height, width = 16, 11, 3, 12, 10
-    model = build_model("hybridsn_se", bands, patch, classes)
+    model = build_model("hybridsn_se", bands, patch, classes, dropout=0.4)
     _randomise(model)
     model.eval()
     scene = torch.randn(1, 1, bands, height, width)
@@ -217,13 +217,13 @@ def test_se_scene_pass_shares_the_3d_trunk_and_equals_patches():
 
 
 def test_se_has_no_dense_path():
-    model = build_model("hybridsn_se", 16, 11, 3).eval()
+    model = build_model("hybridsn_se", 16, 11, 3, dropout=0.4).eval()
     assert not model.supports_dense
     with pytest.raises(NotImplementedError, match="hybridsn_se"):
         model.forward_dense(torch.zeros(1, 1, 16, 20, 20))
 
 
 def test_dense_requires_eval_mode():
-    model = build_model("hybridsn", 16, 11, 3)
+    model = build_model("hybridsn", 16, 11, 3, dropout=0.4)
     with pytest.raises(RuntimeError, match="eval"):
         model.forward_dense(torch.zeros(1, 1, 16, 20, 20))

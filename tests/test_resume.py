@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from prepared import write_prepared
+from prepared import prepared_data, train_cfg, write_prepared
 
 from pipeline.models import build_model
 from pipeline.params import validate
 from pipeline.training.checkpoint import load_checkpoint, load_state, save_state
-from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.classifier import train_classifier
 
 K, P, C = 14, 11, 3
 
@@ -37,25 +37,31 @@ def _scene(seed=0, h=20, w=18):
 @pytest.mark.parametrize("batching", ["tiles", "patches"])
 def test_resumed_training_ends_identical(tmp_path, batching):
     cube, labels, train, val, _ = _scene()
-    cfg = TrainConfig(
-        epochs=4, batching=batching, tile_pixels=30, batch_size=32, seed=2, schedule="cosine"
-    )
+    cfg = train_cfg(epochs=4, batching=batching, tile_pixels=30, batch_size=32, schedule="cosine")
 
-    def fit(resume=None, state_file=None, stop_after=None):
-        torch.manual_seed(0)
-        model = build_model("hybridsn_dsc", K, P, C)
-        saved = []
+    class Store:
+        """Keeps every epoch's state in its own file; "dies" after ``stop_after``."""
 
-        def keep(state):
+        def __init__(self, resume=None, stop_after=None):
+            self.resume, self.stop_after, self.saved = resume, stop_after, []
+
+        def load(self):
+            return self.resume
+
+        def save(self, state):
             save_state(tmp_path / f"epoch{state['epoch']}.pt", state, fingerprint="fp")
-            saved.append(state["epoch"])
-            if stop_after is not None and state["epoch"] == stop_after:
+            self.saved.append(state["epoch"])
+            if self.stop_after is not None and state["epoch"] == self.stop_after:
                 raise KeyboardInterrupt  # the process dies right after writing its state
 
+    def fit(resume=None, stop_after=None):
+        torch.manual_seed(0)
+        model = build_model("hybridsn_dsc", K, P, C, dropout=0.4)
+        store = Store(resume, stop_after)
         return train_classifier(
-            model, cube, labels, train, val, cfg, patch_size=P, progress=False,
-            resume=resume, save_state=keep,
-        ), saved  # fmt: skip
+            model, prepared_data(cube, labels, train, val), cfg, seed=2, patch_size=P,
+            progress=False, store=store,
+        ), store.saved  # fmt: skip
 
     full, saved = fit()
     assert saved == [1, 2, 3, 4]
@@ -90,7 +96,8 @@ def test_train_stage_resumes_after_kill_9(tmp_path):
         {
             "dataset": {"name": "indian_pines"},
             "patch": {"size": P},
-            "train": {"device": "cpu", "epochs": 4, "tile_pixels": 30},
+            "compute": {"device": "cpu"},
+            "train": {"epochs": 4, "tile_pixels": 30},
             "tracking": {"enabled": False},
         }
     )
@@ -98,7 +105,7 @@ def test_train_stage_resumes_after_kill_9(tmp_path):
     for case in ("killed", "whole"):
         root = tmp_path / case
         root.mkdir()
-        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
         _write_prepared(root, "indian_pines")
         runs[case] = root
     args = ("train", "--model", "hybridsn", "--seed", "0")

@@ -74,6 +74,8 @@ def fixed_train_mask(labels: np.ndarray) -> np.ndarray:
 def split_kwargs(mode, labels=None):
     if mode == "disjoint":
         return {"patch_size": 7, "tile_size": 10}
+    if mode == "kfold":
+        return {"patch_size": 7}  # 7-pixel blocks: every class of this scene in every fold
     if mode == "fixed":
         return {"fixed_train": fixed_train_mask(synthetic_labels() if labels is None else labels)}
     return {}

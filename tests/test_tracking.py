@@ -32,9 +32,9 @@ PARAMS = {
         "seeds": list(SEEDS),
         "epochs": 1,
         "batch_size": 64,
-        "device": "cpu",
     },
-    "evaluate": {"batch_size": 256},
+    "compute": {"device": "cpu"},
+    "inference": {"batch_size": 256},
     "denoise": {
         "models": ["dncnn"],
         "depth": 4,

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from prepared import prepared_data, train_cfg
 
 from pipeline.evaluation.inference import predict_scene
 from pipeline.models import MODELS, build_model
 from pipeline.params import validate
 from pipeline.training.checkpoint import load_checkpoint, load_model, save_checkpoint
-from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.training.classifier import train_classifier
 
 K, P = 16, 11
 
@@ -30,11 +31,12 @@ def scene():
 def _train(scene, seed=0, epochs=2, name="hybridsn"):
     cube, labels, train, val = scene
     torch.manual_seed(123)
-    model = build_model(name, K, P, 3)
-    cfg = TrainConfig(epochs=epochs, batch_size=32, seed=seed)
+    model = build_model(name, K, P, 3, dropout=0.4)
+    cfg = train_cfg(epochs=epochs, batch_size=32)
     result = train_classifier(
-        model, cube, labels, train, val, cfg, patch_size=P, device="cpu", progress=False
-    )
+        model, prepared_data(cube, labels, train, val), cfg, seed=seed, patch_size=P,
+        device="cpu", progress=False,
+    )  # fmt: skip
     return model, result
 
 
@@ -49,7 +51,7 @@ def test_deterministic_on_cpu(scene):
 def test_keeps_best_validation_epoch(scene):
     model, result = _train(scene, epochs=3)
     val = [r["val_oa"] for r in result.history]
-    assert result.best_val_oa == max(val)
+    assert result.best_score == max(val)
     assert result.best_epoch == val.index(max(val)) + 1
     for k, v in model.state_dict().items():
         assert torch.equal(v, result.state_dict[k])
@@ -58,11 +60,12 @@ def test_keeps_best_validation_epoch(scene):
 
 def test_early_stopping(scene):
     cube, labels, train, val = scene
-    model = build_model("hybridsn", K, P, 3)
-    cfg = TrainConfig(epochs=30, batch_size=64, lr=1e-9, early_stopping=2)
+    model = build_model("hybridsn", K, P, 3, dropout=0.4)
+    cfg = train_cfg(epochs=30, batch_size=64, lr=1e-9, early_stopping=2)
     result = train_classifier(
-        model, cube, labels, train, val, cfg, patch_size=P, device="cpu", progress=False
-    )
+        model, prepared_data(cube, labels, train, val), cfg, seed=0, patch_size=P,
+        device="cpu", progress=False,
+    )  # fmt: skip
     assert result.stopped_early and len(result.history) < 30
 
 
@@ -104,7 +107,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_scene_map_dense_equals_patches(name, scene):
     cube, *_ = scene
     torch.manual_seed(0)
-    model = build_model(name, K, P, 3).eval()
+    model = build_model(name, K, P, 3, dropout=0.4).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
             m.running_mean.uniform_(-0.5, 0.5)

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pipeline.data.kfold import assign_folds, kfold_summary
 from pipeline.errors import DataError, ParamsError
 
-MODES = ("random", "per_class", "disjoint", "fixed")
+MODES = ("random", "per_class", "disjoint", "kfold", "fixed")
 GUARDS = ("centre", "window")
 
 _PENALTY = 1e3
@@ -54,6 +55,11 @@ class Split:
     tile_size: int | None = None
     guard_mode: str = "centre"
     not_scored: list[int] = field(default_factory=list)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    """k-fold: ``folds`` (fold of each labelled pixel, -1 unlabelled), ``blocks`` (block id of
+    every pixel) and ``view_train`` / ``view_val`` / ``view_test`` (pixels each input shows)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """k-fold: fold, folds, block size, context and the per-fold counts, for split.json."""
 
     def __post_init__(self):
         if self.excluded is None:
@@ -594,6 +600,11 @@ def make_split(
     guard: str = "centre",
     fixed_train: Any = None,
     fixed_test: Any = None,
+    folds: int = 5,
+    fold: int = 0,
+    block_size: int | None = None,
+    context: str = "own",
+    class_names: Any = None,
 ) -> Split:
     """Split the labelled pixels of ``labels`` (0 = unlabelled) into train, val, test and guard.
 
@@ -620,6 +631,13 @@ def make_split(
       A class that could be split but got no training or no test pixel is a DataError naming
       it; classes spanning no more than r pixels (:func:`splittable_classes`) cannot be split:
       they are not scored, with a UserWarning.
+    - ``kfold``: square blocks of side ``block_size`` (default the patch size) assigned to
+      ``folds`` folds, each class spread over them as evenly as the blocks allow
+      (:func:`pipeline.data.kfold.assign_folds`); fold ``fold`` is the test set, validation
+      blocks come from the other folds. Every input is masked (``extra``'s views): the training
+      input shows only the training blocks; validation and test inputs their own blocks
+      (``context: own``) or the whole scene (``all``). All labelled pixels are used and every
+      class with test pixels in the fold is scored, also one with no training pixel in it.
     - ``fixed``: ``fixed_train`` (and optional ``fixed_test``, default every other labelled
       pixel) are arrays or files (.npy, .mat, .tif) holding a mask or a label map, non-zero =
       member; see :func:`_fixed_member` for the checks.
@@ -644,6 +662,10 @@ def make_split(
     rng = np.random.default_rng(seed)
     classes, members = _class_pixels(labels)
 
+    if mode == "kfold":
+        return _kfold_split(
+            labels, folds, fold, block_size, seed, val_fraction, patch_size, context, class_names
+        )
     if mode == "disjoint":
         tile = tile_size or default_tile_size(labels.shape, patch_size)
         split = _disjoint_split(
@@ -662,7 +684,44 @@ def make_split(
     return _drop_unseen(labels, split)
 
 
-def split_from_params(labels: np.ndarray, split_params: dict, patch_size: int) -> Split:
+def _kfold_split(labels, n_folds, fold, block_size, seed, val_fraction, patch_size, context,
+                 class_names) -> Split:  # fmt: skip
+    assignment = assign_folds(
+        labels, n_folds, block_size, seed, val_fraction, patch_size=patch_size
+    )
+    if not 0 <= fold < n_folds:
+        raise ParamsError(f"'split.fold' = {fold} must lie in 0..{n_folds - 1}")
+    split = Split(
+        assignment.train(fold, labels),
+        assignment.val(fold, labels),
+        assignment.test(fold, labels),
+        np.zeros(labels.shape, dtype=bool),
+        mode="kfold",
+        seed=seed,
+    )
+    split.extra = {
+        "folds": assignment.fold_map(labels),
+        "blocks": assignment.blocks.copy(),
+        "view_train": assignment.train_region(fold),
+    }
+    if context == "own":
+        split.extra["view_val"] = assignment.val_region(fold)
+        split.extra["view_test"] = assignment.test_region(fold)
+    split.info = {
+        "fold": fold,
+        "folds": n_folds,
+        "block_size": assignment.block_size,
+        "context": context,
+        "kfold": kfold_summary(labels, assignment, class_names),
+    }
+    if not split.test.any():
+        raise DataError(f"fold {fold} holds no labelled pixel to test")
+    return split
+
+
+def split_from_params(
+    labels: np.ndarray, split_params: Any, patch_size: int, class_names: Any = None
+) -> Split:
     """:func:`make_split` driven by the validated ``split`` section of params.yaml."""
     sp = split_params
     fixed = sp.get("fixed") or {}
@@ -679,6 +738,11 @@ def split_from_params(labels: np.ndarray, split_params: dict, patch_size: int) -
         guard=sp.get("guard") or "centre",
         fixed_train=fixed.get("train"),
         fixed_test=fixed.get("test"),
+        folds=sp.get("folds", 5),
+        fold=sp.get("fold", 0),
+        block_size=sp.get("block_size"),
+        context=sp.get("context", "own"),
+        class_names=class_names,
     )
 
 
@@ -699,6 +763,32 @@ def leakage_share(
     if n_test == 0:
         return 0.0
     return float((dilate_square(pool, 2 * r + 1) & test).sum() / n_test)
+
+
+def window_leakage(split: Split, patch_size: int) -> dict:
+    """Leakage as the windows see it: :func:`leakage_figures` when every input shows the whole
+    scene; with masked inputs (k-fold), a test (val) pixel leaks ``centre``-wise when it is
+    visible inside some training window, and ``window``-wise when its own window, as its input
+    shows it, holds a pixel that some training window also sees."""
+    views = {k: split.extra.get(f"view_{k}") for k in ("train", "val", "test")}
+    if all(v is None for v in views.values()):
+        return leakage_figures(split, patch_size)
+    full = np.ones(split.train.shape, dtype=bool)
+    seen = dilate_square(split.train, patch_size) & (
+        views["train"] if views["train"] is not None else full
+    )
+    out = {}
+    for guard in GUARDS:
+        row = {"radius": guard_radius(guard, patch_size)}
+        for name in ("test", "val"):
+            mask = getattr(split, name)
+            view = views[name] if views[name] is not None else full
+            near = seen if guard == "centre" else dilate_square(seen & view, patch_size)
+            hit = int((near & mask).sum())
+            row[f"train_to_{name}_pixels"] = hit
+            row[f"train_to_{name}_share"] = hit / int(mask.sum()) if mask.any() else 0.0
+        out[guard] = row
+    return out
 
 
 def leakage_figures(split: Split, patch_size: int) -> dict:
@@ -766,6 +856,9 @@ def split_summary(
     return {
         "mode": split.mode,
         "seed": split.seed,
+        "fold": 0,
+        "folds": 1,
+        **{k: v for k, v in split.info.items()},
         "patch_size": p,
         "guard": split.guard_mode if split.mode == "disjoint" else None,
         "tile_size": split.tile_size,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,10 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.io import atomic_path
-from pipeline.models.dncnn_spectral import DnCNNSpectral, neighbour_bands
-from pipeline.models.dncnn_subspace import DnCNNSubspace
+from pipeline.models.dncnn_subspace import RANK_SIGMA, Subspace, eigen_images, fit_subspace
 from pipeline.training.common import autocast
-from pipeline.training.denoise_data import Subspace, eigen_images
+from pipeline.training.denoise_data import add_noise, scale_bands, unscale_bands
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
@@ -36,10 +36,6 @@ GAUSSIAN_GRID = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
 """Spatial σ (pixels) tried by :func:`tune_gaussian`; 0 leaves the input as it is."""
 
 PIXELS_PER_BATCH = 1 << 20
-SUBSPACE_RANK_SIGMA = 10.0
-"""The subspace baseline considers the eigen-images whose training-row variance exceeds the noise
-variance at σ = 10/255 (the same rule as ``dncnn_subspace``); each one is then kept, filtered or
-dropped as the training rows say."""
 
 
 def _pair(clean, est) -> tuple[np.ndarray, np.ndarray]:
@@ -231,25 +227,6 @@ def subspace_denoise(noisy, sub: Subspace, plan: list, sigma: float) -> np.ndarr
     return (sub.mean + z.astype(np.float64) @ sub.basis[:, :rank].T).astype(np.float32)
 
 
-@torch.inference_mode()
-def _run_planes(net, planes: torch.Tensor, table: np.ndarray, device, amp, step, progress):
-    """``net`` over every row of ``table`` (the input planes of one output plane): (U, H, W)."""
-    out = torch.empty((len(table), *planes.shape[1:]), dtype=torch.float32)
-    net = net.to(device).eval()
-    idx = torch.as_tensor(table, dtype=torch.long)
-    for start in tqdm(
-        range(0, len(table), step), desc=net.name, unit="batch", disable=not progress
-    ):
-        x = planes[idx[start : start + step]].to(device)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp, cpu=True):
-            y = net(x)
-        out[start : start + step] = y[:, 0].float().cpu()
-    return out
-
-
-@torch.inference_mode()
 def denoise_cube(
     model: nn.Module,
     cube,
@@ -259,32 +236,35 @@ def denoise_cube(
     amp: bool = True,
     progress: bool = False,
 ) -> np.ndarray:
-    """Denoise an (H, W, B) cube with a ``dncnn`` (each band alone), ``dncnn_spectral`` (each band
-    with its neighbours) or ``dncnn_subspace`` (the leading eigen-images) model; float32 (H, W, B).
+    """Denoise an (H, W, B) cube with any denoiser (each decides which planes its network sees,
+    :meth:`denoise_array`); float32 (H, W, B).
 
     Planes go through in batches of ``batch_bands`` (default: as many as fit in about 1 M
     pixels, at least one), with bf16 autocast on CUDA and bf16-capable CPUs when ``amp``.
     """
     device = torch.device(device)
     cube = np.asarray(cube, dtype=np.float32)
-    h, w, bands = cube.shape
+    h, w, _ = cube.shape
     step = batch_bands or max(1, PIXELS_PER_BATCH // (h * w))
-    if isinstance(model, DnCNNSubspace):
-        model = model.to("cpu")
-        z = model.eigen_images(torch.from_numpy(cube))
-        if model.is_clean(z):
-            return cube.copy()
-        head = z[..., : model.rank].permute(2, 0, 1).contiguous()
-        rows = np.arange(model.rank)[:, None]
-        out = _run_planes(model.denoiser, head, rows, device, amp, step, progress)
-        return model.reconstruct(out.permute(1, 2, 0), z).numpy()
-    planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(cube, -1, 0)))
-    if isinstance(model, DnCNNSpectral):
-        table = neighbour_bands(bands, model.config["k"])
-    else:
-        table = np.arange(bands)[:, None]
-    out = _run_planes(model, planes, table, device, amp, step, progress)
-    return np.moveaxis(out.numpy(), 0, -1)
+
+    @torch.inference_mode()
+    def run(net: nn.Module, planes: torch.Tensor, table: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(table), *planes.shape[1:]), dtype=torch.float32)
+        net = net.to(device).eval()
+        idx = torch.as_tensor(table, dtype=torch.long)
+        for start in tqdm(
+            range(0, len(table), step), desc=net.name, unit="batch", disable=not progress
+        ):
+            x = planes[idx[start : start + step]].to(device)
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp, cpu=True):
+                y = net(x)
+            out[start : start + step] = y[:, 0].float().cpu()
+        return out
+
+    with torch.inference_mode():
+        return model.denoise_array(cube, run)
 
 
 def _stretch(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -337,33 +317,176 @@ def save_comparison_png(
         fig.savefig(tmp, format="png", dpi=150, facecolor="white")
 
 
+def _tune_gaussian(clean_train, noisy_train, sub, sigma) -> dict:
+    width, grid = tune_gaussian(clean_train, noisy_train)
+    return {"width": width, "train_mpsnr": grid}
+
+
+def _tune_pca(clean_train, noisy_train, sub, sigma) -> dict:
+    rank, scores = choose_rank(clean_train, noisy_train, sub)
+    return {"rank": rank, "train_mpsnr": scores[rank - 1]}
+
+
+def _tune_subspace(clean_train, noisy_train, sub, sigma) -> dict:
+    use_bm3d = bm3d_status()[0]
+    rank = sub.rank_for(RANK_SIGMA)
+    plan = tune_subspace(clean_train, noisy_train, sub, rank, sigma, use_bm3d)
+    return {"rank": rank, "plan": plan, "denoiser": "bm3d" if use_bm3d else "gaussian"}
+
+
+def _bm3d(noisy, setting, sub, sigma) -> np.ndarray:
+    return bm3d_denoise(noisy, sigma) if sigma > 0 else np.asarray(noisy, np.float32).copy()
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A classical denoiser: ``tune(clean_train, noisy_train, sub, sigma) -> setting`` on the
+    training rows, ``apply(noisy, setting, sub, sigma)`` on any cube."""
+
+    tune: Callable[..., dict]
+    apply: Callable[..., np.ndarray]
+
+
+BASELINES: dict[str, Baseline] = {
+    "gaussian": Baseline(_tune_gaussian, lambda x, st, sub, s: gaussian_denoise(x, st["width"])),
+    "bm3d": Baseline(lambda *a: {}, _bm3d),
+    "pca": Baseline(_tune_pca, lambda x, st, sub, s: pca_denoise(x, sub, st["rank"])),
+    "subspace": Baseline(
+        _tune_subspace, lambda x, st, sub, s: subspace_denoise(x, sub, st["plan"], s)
+    ),
+}
+"""The subspace baseline considers the eigen-images whose training-row variance exceeds the
+noise variance at σ = 10/255 (:data:`RANK_SIGMA`, the ``dncnn_subspace`` rule); each is then
+kept, filtered or dropped as the training rows say."""
+
+
 def tune_baseline(name: str, clean_train, noisy_train, sub: Subspace, sigma: float) -> dict:
     """The settings of baseline ``name`` chosen on the training rows at noise ``sigma``:
     ``gaussian`` {width}, ``bm3d`` {}, ``pca`` {rank}, ``subspace`` {rank, plan}."""
-    if name == "gaussian":
-        width, grid = tune_gaussian(clean_train, noisy_train)
-        return {"width": width, "train_mpsnr": grid}
-    if name == "bm3d":
-        return {}
-    if name == "pca":
-        rank, scores = choose_rank(clean_train, noisy_train, sub)
-        return {"rank": rank, "train_mpsnr": scores[rank - 1]}
-    if name == "subspace":
-        use_bm3d = bm3d_status()[0]
-        rank = sub.rank_for(SUBSPACE_RANK_SIGMA)
-        plan = tune_subspace(clean_train, noisy_train, sub, rank, sigma, use_bm3d)
-        return {"rank": rank, "plan": plan, "denoiser": "bm3d" if use_bm3d else "gaussian"}
-    raise ValueError(f"unknown baseline {name!r}")
+    return BASELINES[name].tune(clean_train, noisy_train, sub, sigma)
 
 
 def apply_baseline(name: str, noisy, setting: dict, sub: Subspace, sigma: float) -> np.ndarray:
     """Baseline ``name`` with the ``setting`` of :func:`tune_baseline` on a noisy cube."""
-    if name == "gaussian":
-        return gaussian_denoise(noisy, setting["width"])
-    if name == "bm3d":
-        return bm3d_denoise(noisy, sigma) if sigma > 0 else np.asarray(noisy, np.float32).copy()
-    if name == "pca":
-        return pca_denoise(noisy, sub, setting["rank"])
-    if name == "subspace":
-        return subspace_denoise(noisy, sub, setting["plan"], sigma)
-    raise ValueError(f"unknown baseline {name!r}")
+    return BASELINES[name].apply(noisy, setting, sub, sigma)
+
+
+# --------------------------------------------------------------------------- experiments
+
+TRAIN_NOISE, TEST_NOISE, ROBUSTNESS_NOISE, ROBUSTNESS_TUNING = 0, 1, 2, 3
+"""Parts of the noise seed: each use of noise at a σ gets its own fixed draw."""
+FIGURE_SIGMA = 30.0
+
+
+def sigma_key(sigma: float) -> str:
+    return f"sigma{sigma:g}"
+
+
+def noise_seed(seed: int, sigma: float, part: int) -> list[int]:
+    """Seed of the noise added at ``sigma`` for ``part`` (a region or use): fixed per run."""
+    return [seed, round(1000 * sigma), part]
+
+
+def _finite(metrics: dict) -> dict:
+    """Non-finite scores (PSNR of an exact copy) become null so the JSON stays standard."""
+    return {
+        k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()
+    }
+
+
+def compare_denoisers(
+    train01: np.ndarray,
+    test01: np.ndarray,
+    models: dict[str, nn.Module],
+    sigmas: Sequence[float],
+    seed: int,
+    *,
+    device,
+    amp: bool,
+    progress: bool = False,
+) -> tuple[dict, dict, dict]:
+    """Every denoiser and baseline on the held-out rows ``test01`` at each σ, the baselines tuned
+    on the noisy training rows ``train01``.
+
+    Returns (metrics by σ key and method, details by σ key: settings and seconds, the estimates
+    at the σ nearest :data:`FIGURE_SIGMA` for the comparison figure).
+    """
+    import time
+
+    sub = fit_subspace(train01)
+    baselines = [b for b in BASELINES if b != "bm3d" or bm3d_status()[0]]
+    fig_sigma = min(sigmas, key=lambda s: abs(s - FIGURE_SIGMA))
+    metrics, details, figure = {}, {}, {}
+    for sigma in sigmas:
+        noisy_train = add_noise(train01, sigma, noise_seed(seed, sigma, TRAIN_NOISE))
+        noisy = add_noise(test01, sigma, noise_seed(seed, sigma, TEST_NOISE))
+        estimates, settings, seconds = {"noisy": noisy}, {}, {}
+        for name in baselines:
+            t0 = time.perf_counter()
+            settings[name] = tune_baseline(name, train01, noisy_train, sub, sigma)
+            estimates[name] = apply_baseline(name, noisy, settings[name], sub, sigma)
+            seconds[name] = time.perf_counter() - t0
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            estimates[name] = denoise_cube(model, noisy, device=device, amp=amp, progress=progress)
+            seconds[name] = time.perf_counter() - t0
+        scores = {name: _finite(quality(test01, est)) for name, est in estimates.items()}
+        scores["gaussian"]["filter_sigma"] = settings["gaussian"]["width"]
+        scores["pca"]["rank"] = settings["pca"]["rank"]
+        metrics[sigma_key(sigma)] = scores
+        details[sigma_key(sigma)] = {"sigma": sigma, "baselines": settings, "seconds": seconds}
+        if sigma == fig_sigma:
+            figure = estimates
+    return metrics, details, figure
+
+
+def robustness_rows(
+    cube: np.ndarray,
+    scaling: tuple[np.ndarray, np.ndarray],
+    train_rows: slice,
+    denoised_rows: slice,
+    oa: Callable[[np.ndarray], float],
+    models: dict[str, nn.Module],
+    baseline: str,
+    sigmas: Sequence[float],
+    seed: int,
+    *,
+    device,
+    amp: bool,
+) -> list[dict]:
+    """Classification OA (``oa(raw cube)``) at each σ: of the noisy scene, after ``baseline``
+    (tuned on the noisy training rows) and after each denoiser. Noise is added in the per-band
+    [0, 1] domain of ``scaling`` (lo, hi) and mapped back to raw units; only ``denoised_rows``
+    (the rows that reach a scored pixel) are denoised, the rest stay noisy. An output equal to
+    its input (a bypassed clean cube) keeps the raw values."""
+    lo, hi = scaling
+    clean01 = scale_bands(cube, lo, hi)
+    train01 = clean01[train_rows]
+    sub = fit_subspace(train01)
+
+    def denoised(fn, noisy01: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+        x = noisy01[denoised_rows]
+        den = fn(x)
+        out = np.array(noisy, dtype=np.float32, copy=True)
+        if not np.array_equal(den, x):
+            out[denoised_rows] = unscale_bands(den, lo, hi)
+        return out
+
+    rows = []
+    for sigma in sigmas:
+        noisy01 = add_noise(clean01, sigma, noise_seed(seed, sigma, ROBUSTNESS_NOISE))
+        noisy = cube if sigma == 0 else unscale_bands(noisy01, lo, hi)
+        tuning = add_noise(train01, sigma, noise_seed(seed, sigma, ROBUSTNESS_TUNING))
+        setting = tune_baseline(baseline, train01, tuning, sub, sigma)
+        outs = {"noisy": noisy}
+        outs[f"baseline_{baseline}"] = denoised(
+            lambda x, st=setting, s=sigma: apply_baseline(baseline, x, st, sub, s), noisy01, noisy
+        )
+        for name, model in models.items():
+            outs[name] = denoised(
+                lambda x, m=model: denoise_cube(m, x, device=device, amp=amp, progress=True),
+                noisy01,
+                noisy,
+            )
+        rows.append({"sigma": sigma, **{f"oa_{k}": oa(v) for k, v in outs.items()}})
+    return rows

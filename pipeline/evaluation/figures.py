@@ -477,3 +477,39 @@ def save_curve_png(
         ax.set_title(title, fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=PLOT_DPI, facecolor="white")
+
+
+def save_interval_png(
+    path,
+    rows: Sequence[tuple[str, str, float, float, float]],
+    ylabel: str,
+    title: str | None = None,
+) -> None:
+    """Point estimates with their confidence intervals, one column per group (e.g. a model) and
+    one marker per member (e.g. a seed): ``rows`` of (group, member, estimate, low, high)."""
+    if not rows:
+        raise ValueError("save_interval_png needs at least one row")
+    groups = list(dict.fromkeys(r[0] for r in rows))
+    members = list(dict.fromkeys(r[1] for r in rows))
+    width = max(4.5, 1.1 * len(groups) + 1.5)
+    fig = Figure(figsize=(width, 3.6), dpi=PLOT_DPI, layout="constrained", facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    step = 0.6 / max(len(members), 1)
+    for j, member in enumerate(members):
+        pts = [(groups.index(g), est, lo, hi) for g, m, est, lo, hi in rows if m == member]
+        x = np.array([p[0] for p in pts]) - 0.3 + step * (j + 0.5)
+        est = np.array([p[1] for p in pts])
+        err = np.array([[e - p[2] for p, e in zip(pts, est, strict=True)],
+                        [p[3] - e for p, e in zip(pts, est, strict=True)]])  # fmt: skip
+        ax.errorbar(x, est, yerr=err, fmt="o", capsize=3, markersize=4, label=str(member))
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    if len(members) > 1:
+        ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=PLOT_DPI, facecolor="white")

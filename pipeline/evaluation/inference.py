@@ -97,11 +97,15 @@ def shared_trunk_logits(
         tiles = torch.zeros_like(rows)
         out = [
             model.pixel_head(
-                model.feature_windows(maps, rows[i : i + batch_size], cols[i : i + batch_size],
-                                      tiles[i : i + batch_size])
+                model.feature_windows(
+                    maps,
+                    rows[i : i + batch_size],
+                    cols[i : i + batch_size],
+                    tiles[i : i + batch_size],
+                )
             ).float()
             for i in range(0, len(rows), batch_size)
-        ]  # fmt: skip
+        ]
         strips.append(torch.cat(out).T.reshape(-1, r1 - r0, w))
     return torch.cat(strips, dim=1)
 

@@ -1,13 +1,27 @@
-"""Classification models (HybridSN family), their registry and Keras-style initialisation."""
+"""The model registry: every model a stage can train, its task, and how to build it.
+
+One entry per name (:data:`REGISTRY`): the task (``classification`` or ``denoising``), the
+family (``cnn`` trained by the loop, ``classical`` fitted on pixels, ``denoiser``), the class and
+one builder with one signature, ``spec.build(shape, params)``. Checkpoints store the model's
+``config`` (its ``name`` and constructor arguments) and come back through :func:`rebuild`. What
+differs between models is a method of the model, never a name or type test elsewhere.
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from pipeline.errors import ParamsError
 from pipeline.models.blocks import SeparableConv2d, SqueezeExcite
+from pipeline.models.classical import KernelSVM, RandomForest, fit_rf, fit_svm
+from pipeline.models.dncnn import DnCNN
+from pipeline.models.dncnn_spectral import DnCNNSpectral
+from pipeline.models.dncnn_subspace import DnCNNSubspace
 from pipeline.models.hybridsn import (
     HybridSN,
     HybridSN2D3D,
@@ -16,11 +30,34 @@ from pipeline.models.hybridsn import (
     HybridSNSeparable,
 )
 
-MODELS: dict[str, type[nn.Module]] = {
-    cls.name: cls for cls in (HybridSN, HybridSNSeparable, HybridSNSE, HybridSN2D3D)
-}
-
 _NAMED_ARGS = ("bands", "patch_size", "n_classes")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a builder needs from the data: bands (PCA components or raw bands), classes and the
+    patch side (classifiers)."""
+
+    bands: int
+    n_classes: int = 0
+    patch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: str
+    family: str
+    cls: type[nn.Module]
+    builder: Callable[[Shape, Any], nn.Module]
+    summary: str
+    fit: Callable[..., nn.Module] | None = None
+    """Classical models: ``fit(features, labels, n_classes, groups=..., seed=...)`` returns the
+    fitted module; None for models trained by the loop."""
+
+    def build(self, shape: Shape, params: Any) -> nn.Module:
+        """The untrained model for data of ``shape``, configured from ``params``."""
+        return self.builder(shape, params)
 
 
 def init_keras_(model: nn.Module) -> nn.Module:
@@ -46,13 +83,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+_CNNS = (HybridSN, HybridSNSeparable, HybridSNSE, HybridSN2D3D)
+MODELS: dict[str, type[nn.Module]] = {cls.name: cls for cls in _CNNS}
+"""The HybridSN family, by name."""
+
+
 def build_model(name: str, bands: int, patch_size: int, n_classes: int, **kw: object) -> nn.Module:
-    """Build model ``name`` for K=``bands``, P=``patch_size``, C=``n_classes``, Keras-initialised.
+    """HybridSN-family model ``name`` for K=``bands``, P=``patch_size``, C=``n_classes``,
+    Keras-initialised.
 
     ``kw`` are the model's own options (``dropout``; ``reduction`` for hybridsn_se;
-    ``mid_channels`` for hybridsn_2d3d). ``build_model(**model.config)`` rebuilds the same
-    architecture, e.g. before loading a checkpoint's state_dict. Raises ParamsError for an
-    unknown name or option and for sizes too small for the valid convolutions.
+    ``mid_channels`` for hybridsn_2d3d). Raises ParamsError for an unknown name or option and
+    for sizes too small for the valid convolutions.
     """
     if not isinstance(name, str) or name not in MODELS:
         raise ParamsError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
@@ -67,16 +109,99 @@ def build_model(name: str, bands: int, patch_size: int, n_classes: int, **kw: ob
     return init_keras_(cls(bands, patch_size, n_classes, **kw))
 
 
+def _cnn(cls: type[nn.Module], summary: str) -> ModelSpec:
+    def builder(shape: Shape, params: Any) -> nn.Module:
+        return build_model(
+            cls.name, shape.bands, shape.patch_size, shape.n_classes, dropout=params.train.dropout
+        )
+
+    return ModelSpec(cls.name, "classification", "cnn", cls, builder, summary)
+
+
+def _denoiser(cls: type[nn.Module], summary: str, **extra: Callable) -> ModelSpec:
+    def builder(shape: Shape, params: Any) -> nn.Module:
+        dp = params.denoise
+        options = {k: f(shape, dp) for k, f in extra.items()}
+        return cls(depth=dp.depth, channels=dp.channels, **options)
+
+    return ModelSpec(cls.name, "denoising", "denoiser", cls, builder, summary)
+
+
+def _classical(cls: type[nn.Module], fit: Callable, summary: str) -> ModelSpec:
+    def builder(shape: Shape, params: Any) -> nn.Module:
+        raise ParamsError(f"{cls.name} is fitted on pixels (spec.fit), not built untrained")
+
+    return ModelSpec(cls.name, "classification", "classical", cls, builder, summary, fit)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _cnn(HybridSN, "HybridSN (Roy et al., GRSL 2019): 3-D convs, then a 2-D conv"),
+        _cnn(HybridSNSeparable, "HybridSN with a depthwise-separable 2-D conv"),
+        _cnn(HybridSNSE, "HybridSN with squeeze-and-excitation on the folded maps"),
+        _cnn(HybridSN2D3D, "the reversed order: a 2-D conv, then the 3-D convs"),
+        _classical(
+            KernelSVM,
+            lambda x, y, n, *, groups=None, seed=0: fit_svm(x, y, n, groups=groups, seed=seed),
+            "RBF SVM on the pixel's PCA features; C and γ by inner CV over spatial blocks",
+        ),
+        _classical(
+            RandomForest,
+            lambda x, y, n, *, groups=None, seed=0: fit_rf(x, y, n, seed=seed),
+            "random forest (200 trees) on the pixel's PCA features",
+        ),
+        _denoiser(
+            DnCNNSubspace,
+            "DnCNN on the eigen-images of the spectral subspace (FastHyDe idea)",
+            bands=lambda s, dp: s.bands,
+            rank=lambda s, dp: dp.rank or 0,
+        ),
+        _denoiser(
+            DnCNNSpectral,
+            "DnCNN on a band and its neighbours (HSID-CNN idea)",
+            k=lambda s, dp: dp.spectral_k,
+        ),
+        _denoiser(DnCNN, "DnCNN (Zhang et al., TIP 2017), band by band"),
+    )
+}
+CLASSIFIERS = {n: s for n, s in REGISTRY.items() if s.task == "classification"}
+DENOISERS = {n: s for n, s in REGISTRY.items() if s.task == "denoising"}
+
+
+def spec(name: str, task: str | None = None) -> ModelSpec:
+    """The registry entry of ``name`` (of ``task`` if given); ParamsError naming the known ones."""
+    pool = REGISTRY if task is None else {n: s for n, s in REGISTRY.items() if s.task == task}
+    if name not in pool:
+        what = f"{task} model" if task else "model"
+        raise ParamsError(f"unknown {what} {name!r}; known: {', '.join(pool)}")
+    return pool[name]
+
+
+def rebuild(config: dict) -> nn.Module:
+    """An untrained module of the architecture a checkpoint's ``model_config`` describes."""
+    config = dict(config)
+    name = config.pop("name", None)
+    return spec(str(name)).cls(**config)
+
+
 __all__ = [
+    "CLASSIFIERS",
+    "DENOISERS",
     "MODELS",
+    "REGISTRY",
     "HybridSN",
     "HybridSN2D3D",
     "HybridSNBase",
     "HybridSNSE",
     "HybridSNSeparable",
+    "ModelSpec",
     "SeparableConv2d",
+    "Shape",
     "SqueezeExcite",
     "build_model",
     "count_parameters",
     "init_keras_",
+    "rebuild",
+    "spec",
 ]

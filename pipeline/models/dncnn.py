@@ -12,13 +12,31 @@ reuse this network.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipeline.errors import ParamsError
 
 BN_WEIGHT_CLAMP = 0.025
+
+
+@dataclass
+class Planes:
+    """What a denoiser trains on: ``planes`` (C, H, W) clean images, and ``table`` (U, c): the
+    planes stacked as the input channels of each training unit; noise is predicted for column
+    0 (the centre)."""
+
+    planes: np.ndarray
+    table: np.ndarray
+
+
+RunPlanes = Callable[[nn.Module, torch.Tensor, np.ndarray], torch.Tensor]
+"""``run(net, planes (C, H, W), table (U, c)) -> (U, H, W)``: a network over every row of
+``table``, in batches, on the caller's device (see :func:`pipeline.evaluation.denoise.denoise_cube`)."""
 
 
 def check_int(model: str, **values: tuple[int, int]) -> None:
@@ -39,8 +57,9 @@ class DnCNN(nn.Module):
 
     def __init__(
         self,
-        depth: int = 17,
-        channels: int = 64,
+        *,
+        depth: int,
+        channels: int,
         in_channels: int = 1,
         out_channels: int | None = None,
     ) -> None:
@@ -65,7 +84,8 @@ class DnCNN(nn.Module):
             ]
         layers.append(nn.Conv2d(channels, out_channels, 3, padding=1, bias=False))
         self.dncnn = nn.Sequential(*layers)
-        self.config: dict[str, int] = {
+        self.config: dict[str, object] = {
+            "name": self.name,
             "depth": depth,
             "channels": channels,
             "in_channels": in_channels,
@@ -98,6 +118,29 @@ class DnCNN(nn.Module):
     @property
     def receptive_field(self) -> int:
         return 2 * self.config["depth"] + 1
+
+    @property
+    def trainable_net(self) -> nn.Module:
+        """The convolutional network the training loop fits (here the whole model)."""
+        return self
+
+    def fit_to(self, clean01: np.ndarray) -> None:
+        """Fit what the model derives from the clean training rows (H, W, B) before training."""
+
+    def plane_table(self, bands: int) -> np.ndarray:
+        """(U, c) input bands of each output band: each band alone."""
+        return np.arange(bands)[:, None]
+
+    def training_planes(self, clean01: np.ndarray) -> Planes:
+        """The clean planes and unit table the loop samples training patches from."""
+        bands = np.ascontiguousarray(np.moveaxis(np.asarray(clean01, np.float32), -1, 0))
+        return Planes(bands, self.plane_table(len(bands)))
+
+    def denoise_array(self, cube01: np.ndarray, run: RunPlanes) -> np.ndarray:
+        """Denoise an (H, W, B) cube in the [0, 1] domain, the planes going through ``run``."""
+        planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(cube01, -1, 0)))
+        out = run(self, planes, self.plane_table(cube01.shape[-1]))
+        return np.moveaxis(out.numpy(), 0, -1)
 
     def predict_noise(self, x: torch.Tensor) -> torch.Tensor:
         """The noise estimate (N, out_channels, H, W) of the noisy input ``x``."""

@@ -40,12 +40,15 @@ class DnCNNSpectral(DnCNN):
 
     name = "dncnn_spectral"
 
-    def __init__(self, depth: int = 17, channels: int = 64, k: int = 24) -> None:
+    def __init__(self, *, depth: int, channels: int, k: int) -> None:
         check_int("dncnn_spectral", k=(k, 0))
         if k % 2:
             raise ParamsError(f"dncnn_spectral: k must be even (k/2 bands each side), got {k}")
         super().__init__(depth=depth, channels=channels, in_channels=k + 1, out_channels=1)
-        self.config = {"depth": depth, "channels": channels, "k": k}
+        self.config = {"name": self.name, "depth": depth, "channels": channels, "k": k}
+
+    def plane_table(self, bands: int) -> np.ndarray:
+        return neighbour_bands(bands, self.config["k"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :1] - self.predict_noise(x)

@@ -61,7 +61,7 @@ class HybridSNBase(nn.Module):
     name = "hybridsn_base"
 
     def __init__(
-        self, bands: int, patch_size: int, n_classes: int, dropout: float = 0.4, **extra: object
+        self, bands: int, patch_size: int, n_classes: int, dropout: float, **extra: object
     ) -> None:
         super().__init__()
         _check_int(self.name, "bands", bands, 1)
@@ -251,7 +251,7 @@ class HybridSN(HybridSNBase):
 
     name = "hybridsn"
 
-    def __init__(self, bands: int, patch_size: int, n_classes: int, dropout: float = 0.4) -> None:
+    def __init__(self, bands: int, patch_size: int, n_classes: int, dropout: float) -> None:
         super().__init__(bands, patch_size, n_classes, dropout)
         self.conv3d, self.folded_channels = _conv3d_trunk(self.name, bands, "bands")
         self.conv2d = self._make_conv2d(self.folded_channels)
@@ -294,7 +294,7 @@ class HybridSNSE(HybridSN):
         bands: int,
         patch_size: int,
         n_classes: int,
-        dropout: float = 0.4,
+        dropout: float,
         reduction: int = 16,
     ) -> None:
         _check_int(self.name, "reduction", reduction, 1)
@@ -339,7 +339,7 @@ class HybridSN2D3D(HybridSNBase):
         bands: int,
         patch_size: int,
         n_classes: int,
-        dropout: float = 0.4,
+        dropout: float,
         mid_channels: int = 14,
     ) -> None:
         super().__init__(bands, patch_size, n_classes, dropout, mid_channels=mid_channels)

@@ -10,19 +10,19 @@ from pipeline.stages.common import raw_dir
 log = logging.getLogger(__name__)
 
 
-def run(params: dict) -> dict:
-    ds = params["dataset"]
+def run(params) -> dict:
+    ds = params.dataset
     out = raw_dir(params)
     manifest = fetch_dataset(
-        ds["name"],
+        ds.name,
         out,
-        source=ds["source"],
-        data_dir=ds["data_dir"],
-        custom=ds["custom"] if ds["name"] == "custom" else None,
+        source=ds.source,
+        data_dir=ds.data_dir,
+        custom=ds.custom.to_dict() if ds.name == "custom" else None,
     )
-    log.info("fetched %s into %s (%s)", ds["name"], out, manifest["cube"]["sha256"][:12])
+    log.info("fetched %s into %s (%s)", ds.name, out, manifest["cube"]["sha256"][:12])
     return manifest
 
 
-def main(params: dict, args) -> None:
+def main(params, args) -> None:
     run(params)

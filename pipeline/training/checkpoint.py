@@ -9,6 +9,7 @@ of everything that must be equal for resuming to be valid; a different one start
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,8 +29,12 @@ from pipeline.provenance import check_provenance, fingerprint
 
 __all__ = [
     "FORMAT_VERSION",
+    "StateBlob",
+    "StateFile",
+    "StateStore",
     "capture_rng",
     "check_checkpoint_provenance",
+    "checkpoint_bytes",
     "clear_state",
     "fingerprint",
     "load_checkpoint",
@@ -43,8 +48,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""Version of every file this module writes (1: before provenance and resume states)."""
+FORMAT_VERSION = 3
+"""Version of every file this module writes (1: before provenance and resume states; 2: before
+every model config carried its registry name)."""
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,16 @@ def _load(path: Path, what: str) -> dict:
 # --------------------------------------------------------------------------- model checkpoints
 
 
-def save_checkpoint(
-    path: str | os.PathLike,
+def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
+    """Atomically write a model checkpoint (the fields of :func:`checkpoint_bytes`)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
+        stale.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(checkpoint_bytes(**fields))
+
+
+def checkpoint_bytes(
     *,
     kind: str = "classifier",
     state_dict: Mapping[str, torch.Tensor],
@@ -149,8 +163,9 @@ def save_checkpoint(
     data_fingerprint: str | None = None,
     params: dict | None = None,
     **fields: Any,
-) -> None:
-    """Atomically write a model checkpoint of ``kind`` ("classifier" or "dncnn").
+) -> bytes:
+    """The content of a model checkpoint file of ``kind`` ("classifier" or "dncnn"): a study
+    cell returns it to the driver, which writes it; :func:`save_checkpoint` writes it here.
 
     ``fields`` are the kind's other required entries (classifier: ``pca``, ``patch``,
     ``class_names``; dncnn: ``band_min``, ``band_max``, ``noise``, ``split``). Provenance:
@@ -178,7 +193,9 @@ def save_checkpoint(
         **{k: _plain(v, k) for k, v in fields.items()},
     }
     payload["provenance"]["fields_fingerprint"] = _fields_fingerprint(kind, payload)
-    _save(path, payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
 
 
 def _fields_fingerprint(kind: str, ckpt: dict) -> str:
@@ -239,13 +256,9 @@ def load_checkpoint(path: str | os.PathLike, kind: str = "classifier") -> dict:
 
 
 def _build(ckpt: dict) -> torch.nn.Module:
-    if ckpt.get("kind", "classifier") == "dncnn":
-        from pipeline.models.denoisers import build_denoiser
+    from pipeline.models import rebuild
 
-        return build_denoiser(**ckpt["model_config"])
-    from pipeline.models import build_model
-
-    return build_model(**ckpt["model_config"])
+    return rebuild(ckpt["model_config"])
 
 
 def load_model(
@@ -355,6 +368,72 @@ def load_state(path: str | os.PathLike, *, fingerprint: str) -> dict | None:
 def clear_state(path: str | os.PathLike) -> None:
     """Remove a resume state (after the run finished and its checkpoint is written)."""
     Path(path).unlink(missing_ok=True)
+
+
+class StateStore(Protocol):
+    """Where the training loop keeps its per-epoch resume state."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: Mapping[str, Any]) -> None: ...
+
+
+class StateFile:
+    """A resume state in a file (:func:`save_state` / :func:`load_state`); ``extra`` (e.g. the
+    MLflow run id) is saved with every state. :meth:`load` reads the file once."""
+
+    def __init__(self, path: str | os.PathLike, fingerprint: str, extra: dict | None = None):
+        self.path, self.fingerprint, self.extra = Path(path), fingerprint, dict(extra or {})
+        self._loaded: tuple[dict | None] | None = None
+
+    def load(self) -> dict | None:
+        if self._loaded is None:
+            self._loaded = (load_state(self.path, fingerprint=self.fingerprint),)
+        return self._loaded[0]
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        save_state(self.path, {**state, **self.extra}, fingerprint=self.fingerprint)
+
+    def clear(self) -> None:
+        clear_state(self.path)
+
+
+class StateBlob:
+    """A resume state kept as bytes by ``put(bytes)`` / ``get() -> bytes | None`` (the study's
+    per-cell store, which outlives a killed worker without a shared filesystem)."""
+
+    def __init__(self, get: Callable[[], bytes | None], put: Callable[[bytes], None], fp: str):
+        self._get, self._put, self.fingerprint = get, put, fp
+
+    def load(self) -> dict | None:
+        data = self._get()
+        if not data:
+            return None
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # an unreadable state only costs the resume
+            log.warning("resume state unreadable (%s); starting fresh", type(e).__name__)
+            return None
+        if (
+            not isinstance(obj, dict)
+            or obj.get("kind") != STATE_KIND
+            or obj.get("fingerprint") != self.fingerprint
+        ):
+            return None
+        return obj["state"]
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": STATE_KIND,
+                "fingerprint": self.fingerprint,
+                "state": _plain(dict(state), "state"),
+            },
+            buf,
+        )
+        self._put(buf.getvalue())
 
 
 Generators = Mapping[str, "torch.Generator | np.random.Generator"]

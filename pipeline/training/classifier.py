@@ -1,63 +1,45 @@
-"""Patch classifier training on the device, by patches or by tiles.
+"""Patch classifiers: what the loop needs to train them, by patches or by tiles, and the
+fitting of the classical baselines.
 
 No DataLoader of pre-cut patches: the padded cube, the pixel coordinates and the labels live on
 the device. ``batching="patches"`` gathers a batch of P×P patches by index (the paper's
-Keras-code replica). ``batching="tiles"`` cuts the scene into a randomly offset tiling each
-epoch and takes one step per tile: the model's shared, translation-equivariant layers run once
-over the tile's padded window and the per-pixel layers on each training pixel's window of those
-maps (:meth:`HybridSNBase.forward_tile`). Both give the same loss and gradients on the same
-pixels, but overlapping patches no longer recompute their shared convolutions, which is most of
-the cost. The kept weights are those of the best validation OA (the reference notebook keeps
-the best *training* accuracy, which leaks).
+Keras-code replica). ``batching="tiles"`` runs the model's shared, translation-equivariant layers
+once over a tile's padded window and the per-pixel layers on each training pixel's window of
+those maps (:meth:`HybridSNBase.forward_tile`): the same loss and gradients on the same pixels,
+without recomputing the convolutions overlapping patches share. The training input shows only
+what the split's training view allows (k-fold: the training blocks; the rest holds the padding
+value 0), so no training window ever sees a validation or test pixel. ``augment: flips`` applies
+one of the 8 rotations/flips per step to every window of the step (on the tile path by turning
+the tile and its pixel coordinates, which is exact).
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from pipeline.data.patches import gather_patches, pad_cube
+from pipeline.data.prepared import Prepared
 from pipeline.evaluation.inference import pixel_logits
-from pipeline.training.checkpoint import capture_rng, restore_rng
-from pipeline.training.common import autocast, seed_everything
+from pipeline.models import ModelSpec, Shape
+from pipeline.training.common import seed_everything
+from pipeline.training.loop import FitResult, fit
 
 BATCHING = ("patches", "tiles", "auto")
+AUGMENT_MODES = 8
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 256
-    batching: str = "auto"
-    tile_pixels: int = 512
-    tile_size: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "none"
-    early_stopping: int = 0
-    amp: bool = True
-    seed: int = 0
-    eval_batch_size: int = 1024
-
-
-@dataclass
-class TrainResult:
-    state_dict: dict
-    best_epoch: int
-    best_val_oa: float | None
-    history: list[dict] = field(default_factory=list)
-    wall_time_s: float = 0.0
-    samples_per_s: float = 0.0
-    stopped_early: bool = False
-    batching: str = "patches"
-    resumed_from: int | None = None
+def _masked(cube: torch.Tensor, view: np.ndarray | None) -> torch.Tensor:
+    """The cube with the pixels outside ``view`` set to the padding value 0 (differentiable, so
+    a test can check that no gradient reaches a hidden pixel)."""
+    if view is None:
+        return cube
+    return cube * torch.as_tensor(view, dtype=cube.dtype, device=cube.device)[..., None]
 
 
 def pixel_coords(mask: np.ndarray, labels: np.ndarray, device) -> tuple[torch.Tensor, ...]:
@@ -166,171 +148,243 @@ def _step(starts: list[tuple[int, int]], members: list[torch.Tensor]) -> TileSte
     return TileStep(starts=list(starts), pixels=torch.cat(members), tiles=tiles)
 
 
-def _schedule(opt: torch.optim.Optimizer, cfg: TrainConfig):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(cfg.epochs // 3, 1), gamma=0.1)
-    return None
+def augment(x: torch.Tensor, mode: int) -> torch.Tensor:
+    """One of the 8 rotations/flips of the last two axes (mode 0: unchanged)."""
+    x = torch.rot90(x, mode % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if mode >= 4 else x
 
 
-def _tile_logits(model, padded, step: TileStep, side, patch_size, rows, cols, idx):
-    """The step's tile windows cut from the padded cube, then one tile pass over them."""
-    th, tw = side
-    windows = torch.stack(
-        [
-            padded[:, r0 : r0 + th + patch_size - 1, c0 : c0 + tw + patch_size - 1]
-            for r0, c0 in step.starts
-        ]
-    )
-    tiles = step.tiles.to(padded.device)
-    r0 = torch.tensor([r for r, _ in step.starts], device=padded.device)[tiles]
-    c0 = torch.tensor([c for _, c in step.starts], device=padded.device)[tiles]
-    return model.forward_tile(windows[:, None], rows[idx] - r0, cols[idx] - c0, tiles)
+def augment_coords(rows, cols, height: int, width: int, mode: int):
+    """Where pixels (rows, cols) of an h×w grid land when the grid is turned by ``mode``, and
+    the turned grid's shape: the same transform applied to an index grid, inverted."""
+    if mode == 0:
+        return rows, cols, (height, width)
+    grid = augment(torch.arange(height * width, device=rows.device).view(height, width), mode)
+    inverse = torch.empty_like(grid.reshape(-1))
+    inverse[grid.reshape(-1)] = torch.arange(grid.numel(), device=rows.device)
+    flat = inverse[rows * width + cols]
+    w2 = grid.shape[1]
+    return flat // w2, flat % w2, tuple(grid.shape)
+
+
+class ClassifierTask:
+    """Cross-entropy on the training pixels (optionally label-smoothed and class-weighted),
+    validation OA on the validation pixels through the one patch-inference loop (fp32)."""
+
+    score = "val_oa"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Prepared,
+        cfg: Any,
+        *,
+        seed: int,
+        patch_size: int,
+        padding: str,
+        eval_batch: int,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.p, self.eval_batch = cfg, patch_size, eval_batch
+        self.mode = resolve_batching(model, cfg.batching)
+        self.gen = torch.Generator()
+        self.gen.manual_seed(seed)
+        cube = torch.as_tensor(data.cube, dtype=torch.float32, device=device)
+        self.cube = cube
+        train_view, val_view = data.view("train"), data.view("val")
+        self.padded = pad_cube(_masked(cube, train_view), patch_size, padding)
+        self.val_padded = (
+            self.padded.detach()
+            if train_view is None and val_view is None
+            else pad_cube(_masked(cube.detach(), val_view), patch_size, padding)
+        )
+        self.rows, self.cols, self.y = pixel_coords(data.train, data.labels, device)
+        self.va_rows, self.va_cols, self.va_y = pixel_coords(data.val, data.labels, device)
+        if self.rows.numel() == 0:
+            raise ValueError("no training pixels")
+        self.samples_per_epoch = int(self.rows.numel())
+        self.height, self.width = data.labels.shape
+        self.side = tile_side(patch_size, self.height, self.width, cfg.tile_size)
+        n_classes = len(data.meta.get("class_names") or []) or int(data.labels.max())
+        self.weight = None
+        if cfg.class_weights == "balanced":
+            counts = torch.bincount(self.y, minlength=n_classes).float()
+            self.weight = torch.where(
+                counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), 0
+            )
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"batches": self.gen}
+
+    def batches(self, epoch: int):
+        if self.mode == "tiles":
+            steps = tile_plan(
+                self.rows,
+                self.cols,
+                self.height,
+                self.width,
+                self.side,
+                self.gen,
+                self.cfg.tile_pixels,
+            )
+        else:
+            perm = torch.randperm(self.samples_per_epoch, generator=self.gen)
+            steps = list(torch.split(perm, self.cfg.batch_size))
+        flips = self.cfg.augment == "flips"
+        modes = torch.randint(AUGMENT_MODES, (len(steps),), generator=self.gen) if flips else None
+        for i, step in enumerate(steps):
+            yield step, int(modes[i]) if flips else 0
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        step, mode = batch
+        padded = self.padded
+        if self.mode == "tiles":
+            idx = step.pixels.to(padded.device)
+            logits = self._tile_logits(model, padded, step, idx, mode)
+        else:
+            idx = step.to(padded.device)
+            patches = gather_patches(padded, self.rows[idx], self.cols[idx], self.p)
+            logits = model(augment(patches, mode))
+        target = self.y[idx]
+        loss = nn.functional.cross_entropy(
+            logits.float(), target, weight=self.weight, label_smoothing=self.cfg.label_smoothing
+        )
+        correct = (logits.argmax(1) == target).sum()
+        return loss, {"loss_sum": loss.detach() * idx.numel(), "correct": correct}
+
+    def _tile_logits(self, model, padded, step: TileStep, idx, mode: int) -> torch.Tensor:
+        th, tw = self.side
+        p = self.p
+        windows = torch.stack(
+            [padded[:, r0 : r0 + th + p - 1, c0 : c0 + tw + p - 1] for r0, c0 in step.starts]
+        )
+        tiles = step.tiles.to(padded.device)
+        r0 = torch.tensor([r for r, _ in step.starts], device=padded.device)[tiles]
+        c0 = torch.tensor([c for _, c in step.starts], device=padded.device)[tiles]
+        rows, cols, _ = augment_coords(self.rows[idx] - r0, self.cols[idx] - c0, th, tw, mode)
+        return model.forward_tile(augment(windows[:, None], mode), rows, cols, tiles)
+
+    def train_row(self, sums: dict[str, float]) -> dict[str, float]:
+        n = self.samples_per_epoch
+        return {"train_loss": sums["loss_sum"] / n, "train_oa": sums["correct"] / n}
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if self.va_rows.numel() == 0:
+            return {}
+        logits = pixel_logits(
+            model, self.val_padded, self.va_rows, self.va_cols, self.p, self.eval_batch
+        )
+        return {
+            "val_loss": nn.functional.cross_entropy(logits, self.va_y).item(),
+            "val_oa": (logits.argmax(1) == self.va_y).float().mean().item(),
+        }
 
 
 def train_classifier(
     model: nn.Module,
-    cube: np.ndarray,
-    labels: np.ndarray,
-    train_mask: np.ndarray,
-    val_mask: np.ndarray,
-    cfg: TrainConfig,
+    data: Prepared,
+    cfg: Any,
     *,
+    seed: int,
     patch_size: int,
     padding: str = "zero",
+    eval_batch: int = 1024,
     device: torch.device | str = "cpu",
-    on_epoch: Callable[[dict], None] | None = None,
+    amp: bool = True,
+    store=None,
+    on_epoch=None,
     progress: bool = True,
-    resume: dict | None = None,
-    save_state: Callable[[dict], None] | None = None,
-) -> TrainResult:
-    """Train with Adam and cross-entropy; keep the weights of the best validation OA.
+) -> FitResult:
+    """Train ``model`` on ``data``'s training pixels with the loop; keep the best validation OA.
 
-    ``save_state`` receives, after every epoch, everything needed to continue (weights,
-    optimiser, schedule, RNG states, history, best so far); passing that dict back as
-    ``resume`` continues from the next epoch, and on CPU ends identical to an uninterrupted run.
-    Validation runs through the one fp32 patch-inference loop that test inference uses.
+    ``cfg`` is the ``train`` section (epochs, lr, schedule, batching, augment, ...). On CPU a
+    fixed seed gives an identical run, also across a resume from ``store``.
     """
     device = torch.device(device)
-    gen = seed_everything(cfg.seed, deterministic=device.type == "cpu")
+    seed_everything(seed, deterministic=device.type == "cpu")
     model.to(device)
-    padded = pad_cube(
-        torch.as_tensor(cube, dtype=torch.float32, device=device), patch_size, padding
+    task = ClassifierTask(
+        model,
+        data,
+        cfg,
+        seed=seed,
+        patch_size=patch_size,
+        padding=padding,
+        eval_batch=eval_batch,
+        device=device,
     )
-    tr_rows, tr_cols, tr_y = pixel_coords(train_mask, labels, device)
-    va_rows, va_cols, va_y = pixel_coords(val_mask, labels, device)
-    n_train, has_val = tr_rows.numel(), va_rows.numel() > 0
-    if n_train == 0:
-        raise ValueError("no training pixels")
-
-    mode = resolve_batching(model, cfg.batching)
-    height, width = labels.shape
-    side = tile_side(patch_size, height, width, cfg.tile_size)
-
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    sched = _schedule(opt, cfg)
-    best = TrainResult(state_dict={}, best_epoch=0, best_val_oa=None)
-    since_best, history, first, elapsed = 0, [], 1, 0.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(resume["scheduler"])
-        restore_rng(resume["rng"], {"batches": gen})
-        history, since_best = list(resume["history"]), int(resume["since_best"])
-        best.best_epoch, best.best_val_oa = resume["best_epoch"], resume["best_val_oa"]
-        best.state_dict = dict(resume["best_state_dict"])
-        first, elapsed = int(resume["epoch"]) + 1, float(resume["elapsed_s"])
-    t0 = time.perf_counter() - elapsed
-    bar = tqdm(
-        range(first, cfg.epochs + 1),
-        desc="train",
-        unit="epoch",
-        initial=first - 1,
-        total=cfg.epochs,
-        disable=not progress,
+    result = fit(
+        model,
+        task,
+        cfg,
+        device=device,
+        amp=amp,
+        store=store,
+        on_epoch=on_epoch,
+        progress=progress,
+        desc=getattr(model, "name", "train"),
     )
-    for epoch in bar:
-        model.train()
-        if mode == "tiles":
-            steps = tile_plan(tr_rows, tr_cols, height, width, side, gen, cfg.tile_pixels)
-        else:
-            perm = torch.randperm(n_train, generator=gen)
-            steps = [perm[s : s + cfg.batch_size] for s in range(0, n_train, cfg.batch_size)]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for step in steps:
-            idx = (step.pixels if mode == "tiles" else step).to(device)
-            target = tr_y[idx]
-            with autocast(device, cfg.amp, cpu=True):
-                if mode == "tiles":
-                    logits = _tile_logits(
-                        model, padded, step, side, patch_size, tr_rows, tr_cols, idx
-                    )
-                else:
-                    logits = model(gather_patches(padded, tr_rows[idx], tr_cols[idx], patch_size))
-            loss = nn.functional.cross_entropy(logits.float(), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * idx.numel()
-            correct += (logits.argmax(1) == target).sum()
-        if sched is not None:
-            sched.step()
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / n_train,
-            "train_oa": correct.item() / n_train,
-            "lr": opt.param_groups[0]["lr"],
-        }
-        if has_val:
-            logits = pixel_logits(model, padded, va_rows, va_cols, patch_size, cfg.eval_batch_size)
-            row["val_loss"] = nn.functional.cross_entropy(logits, va_y).item()
-            row["val_oa"] = (logits.argmax(1) == va_y).float().mean().item()
-        row["time_s"] = time.perf_counter() - t0
-        history.append(row)
-        score = row["val_oa"] if has_val else None
-        if not has_val or best.best_val_oa is None or score > best.best_val_oa:
-            best.best_val_oa, best.best_epoch, since_best = score, epoch, 0
-            best.state_dict = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            }
-        else:
-            since_best += 1
-        bar.set_postfix(
-            loss=f"{row['train_loss']:.3f}",
-            oa=f"{row['train_oa']:.3f}",
-            val=f"{row.get('val_oa', float('nan')):.3f}",
-        )
-        if on_epoch is not None:
-            on_epoch(row)
-        stop = bool(cfg.early_stopping and has_val and since_best >= cfg.early_stopping)
-        if save_state is not None:
-            save_state(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else {},
-                    "rng": capture_rng({"batches": gen}),
-                    "history": history,
-                    "since_best": since_best,
-                    "best_epoch": best.best_epoch,
-                    "best_val_oa": best.best_val_oa,
-                    "best_state_dict": best.state_dict,
-                    "elapsed_s": time.perf_counter() - t0,
-                }
-            )
-        if stop:
-            best.stopped_early = True
-            break
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    best.wall_time_s = time.perf_counter() - t0
-    best.samples_per_s = n_train * len(history) / best.wall_time_s
-    best.history = history
-    best.batching = mode
-    best.resumed_from = first if resume is not None else None
-    model.load_state_dict(copy.deepcopy(best.state_dict))
-    return best
+    result.batching = task.mode
+    return result
+
+
+def fit_classical(spec: ModelSpec, data: Prepared, *, seed: int) -> tuple[nn.Module, FitResult]:
+    """Fit a classical baseline on the training pixels' features (the prepared cube's PCA
+    features, the CNNs' input); the k-fold blocks group its inner cross-validation."""
+    rows, cols = np.nonzero(data.train)
+    groups = data.groups[rows, cols] if data.groups is not None else None
+    t0 = time.perf_counter()
+    model = spec.fit(
+        data.cube[rows, cols],
+        data.labels[rows, cols] - 1,
+        len(data.class_names),
+        groups=groups,
+        seed=seed,
+    )
+    seconds = time.perf_counter() - t0
+    result = FitResult(
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        best_epoch=0,
+        best_score=None,
+        wall_time_s=seconds,
+        samples_per_s=len(rows) / seconds if seconds > 0 else 0.0,
+    )
+    result.batching = "pixels"
+    return model, result
+
+
+def train_model(
+    spec: ModelSpec,
+    data: Prepared,
+    params: Any,
+    seed: int,
+    *,
+    device,
+    store=None,
+    on_epoch=None,
+    progress: bool = True,
+) -> tuple[nn.Module, FitResult]:
+    """The one path from prepared data to a trained classifier, for the `train` stage and for
+    every study cell: build from the registry and train with the loop, or fit a classical
+    baseline."""
+    device = torch.device(device)
+    seed_everything(seed, deterministic=device.type == "cpu")  # the initial weights too
+    if spec.fit is not None:
+        return fit_classical(spec, data, seed=seed)
+    shape = Shape(data.cube.shape[-1], len(data.class_names), params.patch.size)
+    model = spec.build(shape, params)
+    result = train_classifier(
+        model,
+        data,
+        params.train,
+        seed=seed,
+        patch_size=params.patch.size,
+        padding=params.patch.padding,
+        eval_batch=params.inference.batch_size,
+        device=device,
+        amp=params.compute.amp,
+        store=store,
+        on_epoch=on_epoch,
+        progress=progress,
+    )
+    return model, result

@@ -1,5 +1,5 @@
 """What the denoisers learn from: the spatial row split, the per-band scaling (from the training
-rows only), the noise, the spectral subspace, and the training planes of each model.
+rows only), the noise, and random training patches (each model makes its own training planes).
 
 Clean data are the raw cube's bands mapped to [0, 1] by each band's min/max **over the training
 rows** (:func:`training_scaling`); the held-out rows are scaled with the same numbers (so they may
@@ -19,16 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.data.fetching import load_raw
 from pipeline.errors import DataError, ParamsError
-from pipeline.models.dncnn_spectral import neighbour_bands
+from pipeline.provenance import raw_fingerprint
 
 GAP_ROWS = 4
 """Rows between the training and the test region that neither uses, so no training patch touches
 a row adjacent to a test row."""
-
-RANK_SIGMA = 10.0
-"""Default subspace rank: the eigen-images whose clean variance on the training rows exceeds the
-noise variance at σ = 10/255, the lowest noise level of the usual evaluation set."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +81,14 @@ def row_split(height: int, test_fraction: float, gap: int = GAP_ROWS) -> RowSpli
     return RowSplit(height, train_stop, test_start)
 
 
+def raw_cube(raw_dir, crop) -> tuple[np.ndarray, dict, str]:
+    """The fetched scene (cropped) as float32, its manifest, and the raw fingerprint every
+    denoiser checkpoint records (cube and label files' sha256 and the crop)."""
+    raw, _, manifest = load_raw(raw_dir, crop)
+    crop = list(crop) if crop else None
+    return np.asarray(raw, dtype=np.float32), manifest, raw_fingerprint(manifest, crop)
+
+
 def band_range(cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-band minimum and maximum (float64, shape (B,)) of an (H, W, B) cube."""
     flat = np.asarray(cube).reshape(-1, cube.shape[-1])
@@ -133,68 +138,7 @@ def add_noise(clean01: np.ndarray, sigma: float, seed) -> np.ndarray:
     return (clean01.astype(np.float32) + noise).astype(np.float32)
 
 
-# --------------------------------------------------------------------------- spectral subspace
-
-
-@dataclass(frozen=True)
-class Subspace:
-    """Mean (B,), orthonormal eigenvectors as columns (B, B) and eigenvalues (B,), decreasing."""
-
-    mean: np.ndarray
-    basis: np.ndarray
-    eigvals: np.ndarray
-
-    def rank_for(self, sigma: float) -> int:
-        """Eigen-images whose variance exceeds the noise variance (σ/255)² (at least one)."""
-        return max(1, int(np.sum(self.eigvals > (sigma / 255.0) ** 2)))
-
-
-def fit_subspace(clean01: np.ndarray) -> Subspace:
-    """PCA of the spectra of an (H, W, B) cube (call it on the training rows)."""
-    flat = np.asarray(clean01, np.float64).reshape(-1, clean01.shape[-1])
-    mean = flat.mean(axis=0)
-    cov = np.cov(flat - mean, rowvar=False).reshape(flat.shape[1], flat.shape[1])
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1]
-    vecs = vecs[:, order]
-    vecs *= np.where(vecs[np.abs(vecs).argmax(axis=0), range(vecs.shape[1])] < 0, -1.0, 1.0)
-    return Subspace(mean, vecs, np.clip(vals[order], 0.0, None))
-
-
-def eigen_images(cube01: np.ndarray, sub: Subspace, rank: int | None = None) -> np.ndarray:
-    """(H, W, rank) float32 coefficients of the centred spectra in the first ``rank`` eigenvectors."""
-    basis = sub.basis if rank is None else sub.basis[:, :rank]
-    return ((np.asarray(cube01, np.float64) - sub.mean) @ basis).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- training planes
-
-
-@dataclass
-class Planes:
-    """What a model trains on: ``planes`` (C, H, W) clean images, and ``table`` (U, c): the
-    planes stacked as the input channels of each training unit; noise is predicted for column
-    0 (the centre)."""
-
-    planes: np.ndarray
-    table: np.ndarray
-
-
-def training_planes(name: str, clean01: np.ndarray, *, k: int = 0, sub=None, rank=None) -> Planes:
-    """The training planes of model ``name`` from the clean training rows (H, W, B).
-
-    ``dncnn``: each band alone; ``dncnn_spectral``: each band with its ``k`` neighbours;
-    ``dncnn_subspace``: each of the first ``rank`` eigen-images of ``sub`` alone.
-    """
-    bands = np.ascontiguousarray(np.moveaxis(np.asarray(clean01, np.float32), -1, 0))
-    if name == "dncnn":
-        return Planes(bands, np.arange(len(bands))[:, None])
-    if name == "dncnn_spectral":
-        return Planes(bands, neighbour_bands(len(bands), k))
-    if name == "dncnn_subspace":
-        z = np.ascontiguousarray(np.moveaxis(eigen_images(clean01, sub, rank), -1, 0))
-        return Planes(z, np.arange(len(z))[:, None])
-    raise ParamsError(f"unknown denoiser {name!r}")
+# --------------------------------------------------------------------------- training patches
 
 
 def sample_patches(
