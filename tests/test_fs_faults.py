@@ -635,3 +635,15 @@ def test_raw_files_are_rehashed_only_when_size_or_mtime_differ(tmp_path, monkeyp
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(ChecksumError, match=r"cube\.npy: changed since it was fetched"):
         load_raw(out)
+
+
+def test_fetching_the_same_files_again_records_the_same_manifest(tmp_path):
+    # the copies keep their source's mtime: a re-run of `fetch` does not change data/raw for DVC
+    cube, labels, _, _ = _scene()
+    np.save(tmp_path / "cube.npy", cube)
+    np.save(tmp_path / "gt.npy", labels.astype(np.uint8))
+    custom = {"cube": str(tmp_path / "cube.npy"), "gt": str(tmp_path / "gt.npy")}
+    out = tmp_path / "raw"
+    first = fetch_dataset("custom", out, custom=custom)
+    assert fetch_dataset("custom", out, custom=custom) == first
+    assert (out / "cube.npy").stat().st_mtime_ns == first["cube"]["mtime_ns"]

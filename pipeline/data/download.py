@@ -99,11 +99,13 @@ def copy_verified(
 ) -> str:
     """Copy local file ``src`` to ``dest`` atomically after checking size/sha256; return sha256.
 
-    ``src`` must be a regular file (a FIFO or device would block or never end)."""
+    ``src`` must be a regular file (a FIFO or device would block or never end). The copy keeps
+    ``src``'s mtime (as ``cp -p``), so copying the same file again gives the same manifest."""
     src, dest = regular_file(src), Path(dest)
     if dest.exists() and os.path.samefile(src, dest):
         return verify_file(dest, sha256=sha256, size=size)
-    actual_size = src.stat().st_size
+    st = src.stat()
+    actual_size = st.st_size
     if size is not None and actual_size != size:
         _check(str(src), dest, None, size, "", actual_size)
     h = hashlib.sha256()
@@ -117,6 +119,7 @@ def copy_verified(
                 h.update(block)
                 fout.write(block)
         _check(str(src), dest, sha256, size, h.hexdigest(), tmp.stat().st_size)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     return h.hexdigest()
 
 

@@ -493,11 +493,14 @@ def _usable_local(path: Path, spec: FileSpec) -> None:
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
-    """Hard-link ``src`` to ``dest``, else copy it (mode from the umask, like a new file)."""
+    """Hard-link ``src`` to ``dest``, else copy it (mode from the umask, like a new file; mtime
+    kept, so the manifest records the same one)."""
     try:
         os.link(src, dest)
     except OSError:
         shutil.copyfile(src, dest)
+        st = src.stat()
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _package_file(package_path: str) -> tuple[Path, str]:
