@@ -9,6 +9,7 @@ import os
 import sys
 
 from pipeline.errors import PipelineError
+from pipeline.io import describe_os_error
 from pipeline.params import load_params
 
 DESCRIPTION = """\
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hsi {args.stage}: interrupted; outputs of this run not written", file=sys.stderr)
         return 130
+    except OSError as e:  # a file-system fault outside pipeline/io.py (e.g. a stage's unlink)
+        print(f"hsi {args.stage}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.download import copy_verified
-from pipeline.data.loaders import _envi_header_for, _open_envi, load_cube, load_gt, resolve_key
+from pipeline.data.loaders import (
+    _envi_header_for,
+    _open_envi,
+    load_cube,
+    load_gt,
+    resolve_key,
+    shown_as,
+)
 from pipeline.data.registry import DatasetInfo, FileSpec, default_palette, default_rgb_bands
 from pipeline.errors import DataError, ParamsError
+from pipeline.io import regular_file
 
 __all__ = ["CUSTOM_KEYS", "NODATA_VALUES", "ingest_custom", "relabel"]
 
@@ -51,7 +59,8 @@ def ingest_custom(custom: Mapping[str, Any], out_dir: Path) -> tuple[DatasetInfo
     """Copy the user's cube and label map (and ENVI companions) into ``out_dir``.
 
     Returns the scene's :class:`DatasetInfo` (defaults filled in as for a catalogue entry) and
-    the manifest records of the cube and label files.
+    the manifest records of the cube and label files (each file with its ``source``, size and
+    mtime_ns of the copy). Errors name the user's files, never the copies in ``out_dir``.
     """
     extra = set(custom) - CUSTOM_KEYS
     if extra:
@@ -63,6 +72,7 @@ def ingest_custom(custom: Mapping[str, Any], out_dir: Path) -> tuple[DatasetInfo
             raise ParamsError(f"custom: '{part}' (path to the file) is required")
 
     copied: dict[str, tuple[Path, str]] = {}  # output name -> (source file, sha256)
+    shown: dict[Path, Path] = {}  # copy in out_dir -> the user's file
     records: dict[str, dict] = {}
     for part, ndim in (("cube", 3), ("gt", 2)):
         src = Path(custom[part])
@@ -77,21 +87,25 @@ def ingest_custom(custom: Mapping[str, Any], out_dir: Path) -> tuple[DatasetInfo
                     )
             else:
                 copied[f.name] = (f.resolve(), copy_verified(f, dest))
-            entries.append({"file": f.name, "sha256": copied[f.name][1], "size": f.stat().st_size})
-        first = entries[0]
-        records[part] = {
-            "file": first["file"],
-            "key": key,
-            "sha256": first["sha256"],
-            "size": first["size"],
-            "source": f"local:{src}",
-        }
+                shown[dest] = f
+            st = dest.stat()
+            entries.append(
+                {
+                    "file": f.name,
+                    "sha256": copied[f.name][1],
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "source": f"local:{f}",
+                }
+            )
+        records[part] = {**entries[0], "key": key}
         if len(entries) > 1:
             records[part]["companions"] = entries[1:]
 
-    cube = load_cube(out_dir / records["cube"]["file"], records["cube"]["key"])
-    gt_file = out_dir / records["gt"]["file"]
-    gt = load_gt(gt_file, records["gt"]["key"])
+    with shown_as(shown):
+        cube = load_cube(out_dir / records["cube"]["file"], records["cube"]["key"])
+        gt_file = out_dir / records["gt"]["file"]
+        gt = load_gt(gt_file, records["gt"]["key"])
     bands = cube.shape[2]
     if gt.shape != cube.shape[:2]:
         raise DataError(
@@ -103,7 +117,7 @@ def ingest_custom(custom: Mapping[str, Any], out_dir: Path) -> tuple[DatasetInfo
     names = _class_names(custom.get("class_names"), values)
     records["gt"]["label_values"] = values
     records["gt"]["ignore_labels"] = ignore
-    relabel(gt, values, ignore, gt_file)  # the same mapping load_raw applies
+    relabel(gt, values, ignore, custom["gt"])  # the same mapping load_raw applies
     rgb = custom.get("rgb_bands") or default_rgb_bands(bands)
     if len(rgb) != 3 or not all(0 <= int(b) < bands for b in rgb):
         raise ParamsError(f"custom: rgb_bands must be 3 band indices in 0..{bands - 1}; got {rgb}")
@@ -181,8 +195,7 @@ def relabel(
 
 def _custom_files(src: Path) -> list[Path]:
     """The file to copy first, then companions (an ENVI image's header or data file)."""
-    if not src.is_file():
-        raise DataError(f"{src}: file not found")
+    regular_file(src)
     hdr = _envi_header_for(src)
     if hdr is None:
         return [src]

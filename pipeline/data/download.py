@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.errors import ChecksumError, DataError
-from pipeline.io import atomic_path, sha256_file
+from pipeline.io import atomic_path, os_error_reason, regular_file, sha256_file
 
 __all__ = ["copy_verified", "download", "verify_file"]
 
@@ -97,32 +97,44 @@ def copy_verified(
     sha256: str | None = None,
     size: int | None = None,
 ) -> str:
-    """Copy local file ``src`` to ``dest`` atomically after checking size/sha256; return sha256."""
-    src, dest = Path(src), Path(dest)
-    if not src.is_file():
-        raise DataError(f"{src}: file not found")
+    """Copy local file ``src`` to ``dest`` atomically after checking size/sha256; return sha256.
+
+    ``src`` must be a regular file (a FIFO or device would block or never end). The copy keeps
+    ``src``'s mtime (as ``cp -p``), so copying the same file again gives the same manifest."""
+    src, dest = regular_file(src), Path(dest)
     if dest.exists() and os.path.samefile(src, dest):
         return verify_file(dest, sha256=sha256, size=size)
-    actual_size = src.stat().st_size
+    st = src.stat()
+    actual_size = st.st_size
     if size is not None and actual_size != size:
         _check(str(src), dest, None, size, "", actual_size)
     h = hashlib.sha256()
-    with atomic_path(dest) as tmp:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            while block := fin.read(_CHUNK):
+    try:
+        fin = open(src, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise DataError(f"{src}: cannot read: {os_error_reason(exc)}") from exc
+    with fin, atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fout:
+            while block := _read(fin, src):
                 h.update(block)
                 fout.write(block)
         _check(str(src), dest, sha256, size, h.hexdigest(), tmp.stat().st_size)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
     return h.hexdigest()
+
+
+def _read(f, src: Path) -> bytes:
+    try:
+        return f.read(_CHUNK)
+    except OSError as exc:
+        raise DataError(f"{src}: cannot read: {os_error_reason(exc)}") from exc
 
 
 def verify_file(
     path: str | os.PathLike, *, sha256: str | None = None, size: int | None = None
 ) -> str:
     """Return ``path``'s sha256 after checking it against the expected size and hash."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    path = regular_file(path)
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         _check(str(path), path, None, size, "", actual_size)

@@ -9,9 +9,14 @@ by :func:`load_raw`.
 
 Fetching is all or nothing: files are obtained and checked (hash, shapes, finite values, labels
 matching the cube) in a temporary sibling folder that replaces the output folder only when
-everything passed, so a failed fetch leaves the previous valid folder untouched. A file found in
-the local folder (``$HSI_DATA_DIR``) whose hash differs is an error, never a reason to quietly
-take the file from another source.
+everything passed, so a failed fetch leaves the previous valid folder untouched. That folder is
+made like a normal ``mkdir`` (its mode follows the umask, so others may read the data). A file
+found in the local folder (``$HSI_DATA_DIR``) whose hash differs, or that is not a regular file,
+is an error, never a reason to quietly take the file from another source. Errors name the
+user's own files (custom data) or ``out_dir``, never the hidden staging folder.
+
+The manifest records each file's sha256, size and mtime; :func:`load_raw` re-hashes a file whose
+size or mtime differs and refuses one whose content changed since it was fetched.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,12 +37,19 @@ import numpy as np
 
 from pipeline.data.custom import ingest_custom, relabel
 from pipeline.data.download import copy_verified, download, verify_file
-from pipeline.data.loaders import load_cube, load_gt
+from pipeline.data.loaders import load_cube, load_gt, shown_as
 from pipeline.data.registry import DatasetInfo, FileSpec, get_dataset, normalise_name
 from pipeline.errors import ChecksumError, DataError, ParamsError
-from pipeline.io import write_json
+from pipeline.io import output_error, pid_alive, regular_file, sha256_file, write_json
 
-__all__ = ["DATA_DIR_ENV", "SOURCES", "fetch_dataset", "load_manifest", "load_raw"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "SOURCES",
+    "fetch_dataset",
+    "load_manifest",
+    "load_raw",
+    "verify_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +81,43 @@ def fetch_dataset(
     if source not in SOURCES:
         raise ParamsError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(out_dir)
-    stage = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}{_STAGING}{os.getpid()}-", dir=out_dir.parent)
-    )
     try:
-        manifest = _fetch_into(name, stage, out_dir, source, data_dir, custom, progress)
-        _replace_dir(stage, out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(out_dir)
+        stage = _make_stage(out_dir)
+    except OSError as exc:
+        raise output_error(out_dir, exc) from exc
+    try:
+        with shown_as({stage: out_dir}):
+            manifest = _fetch_into(name, stage, out_dir, source, data_dir, custom, progress)
+    except OSError as exc:
+        if exc.filename is None or not _inside(Path(exc.filename), stage):
+            raise
+        raise output_error(out_dir / Path(exc.filename).relative_to(stage), exc) from exc
+    else:
+        try:
+            _replace_dir(stage, out_dir)
+        except OSError as exc:
+            raise output_error(out_dir, exc) from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest
+
+
+def _make_stage(out_dir: Path) -> Path:
+    """A new empty hidden folder beside ``out_dir``, made like a normal ``mkdir`` (mode from the
+    umask, unlike ``tempfile.mkdtemp``'s 0700), as it becomes ``out_dir``."""
+    while True:
+        stage = out_dir.parent / f".{out_dir.name}{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            stage.mkdir()
+        except FileExistsError:
+            continue
+        return stage
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def _fetch_into(
@@ -109,9 +147,16 @@ def _fetch_into(
         )
         unknown = [spec.filename for spec in (info.cube, info.gt) if spec.sha256 is None]
 
-    cube = load_cube(stage / cube_rec["file"], cube_rec["key"])
-    gt = _labels(load_gt(stage / gt_rec["file"], gt_rec["key"]), gt_rec, stage)
-    _check_arrays(info, cube, gt, out_dir)
+    users = {}
+    if normalise_name(name) == "custom":  # errors name the user's files, not the copies
+        users = {
+            stage / rec["file"]: rec["source"].removeprefix("local:")
+            for rec in _file_records({"cube": cube_rec, "gt": gt_rec})
+        }
+    with shown_as(users):
+        cube = load_cube(stage / cube_rec["file"], cube_rec["key"])
+        gt = _labels(load_gt(stage / gt_rec["file"], gt_rec["key"]), gt_rec, stage)
+        _check_arrays(info, cube, gt, stage)
     labels, counts = np.unique(gt[gt > 0], return_counts=True)
 
     manifest = {
@@ -142,18 +187,8 @@ def _remove_abandoned(out_dir: Path) -> None:
     """Delete staging folders left by fetches that were killed (their process is gone)."""
     for path in out_dir.parent.glob(f".{out_dir.name}{_STAGING}*"):
         pid = path.name[len(f".{out_dir.name}{_STAGING}") :].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _replace_dir(stage: Path, out_dir: Path) -> None:
@@ -199,12 +234,17 @@ def load_raw(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Load ``(cube H×W×B, gt H×W integer, manifest)`` from a fetched dataset folder.
 
-    ``crop`` = ``[row0, row1, col0, col1]`` (``dataset.crop``) cuts both to that window, the
-    one place the pipeline crops a scene.
+    Each file is first checked against the sha256 the manifest recorded at fetch time (see
+    :func:`verify_files`). ``crop`` = ``[row0, row1, col0, col1]`` (``dataset.crop``) cuts both
+    to that window, the one place the pipeline crops a scene; a window reaching beyond the scene
+    is refused rather than clipped.
     """
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir)
-    cube = load_cube(out_dir / manifest["cube"]["file"], manifest["cube"].get("key"))
+    verify_files(out_dir, manifest)
+    cube_path = out_dir / manifest["cube"]["file"]
+    window = _crop_window(crop, manifest["shape"], cube_path) if crop else None
+    cube = load_cube(cube_path, manifest["cube"].get("key"))
     gt = _labels(
         load_gt(out_dir / manifest["gt"]["file"], manifest["gt"].get("key")),
         manifest["gt"],
@@ -215,15 +255,61 @@ def load_raw(
             f"{out_dir}: cube {cube.shape} / gt {gt.shape} do not match the manifest shape "
             f"{tuple(manifest['shape'])}; fetch the dataset again"
         )
-    if crop:
-        r0, r1, c0, c1 = (int(v) for v in crop)
-        cube, gt = cube[r0:r1, c0:c1], gt[r0:r1, c0:c1]
-        if gt.size == 0:
-            raise DataError(
-                f"'dataset.crop' = {list(crop)} leaves nothing of the {tuple(manifest['shape'][:2])} "
-                f"scene in {out_dir}"
-            )
+    if window:
+        cube, gt = cube[window], gt[window]
     return cube, gt, manifest
+
+
+def verify_files(out_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> None:
+    """ChecksumError unless every file of the manifest (cube, labels, companions) still has the
+    sha256 recorded when it was fetched. A file is re-hashed only when its size or mtime differs
+    from the recorded ones (or the manifest, written by an older pipeline, has none)."""
+    out_dir = Path(out_dir)
+    for rec in _file_records(manifest):
+        path = regular_file(out_dir / rec["file"])
+        recorded = str(rec.get("sha256") or "").lower()
+        if not recorded:
+            continue
+        st = path.stat()
+        if rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+            continue
+        actual = sha256_file(path)
+        if actual != recorded:
+            raise ChecksumError(
+                f"{path}: changed since it was fetched: sha256 {actual}, but "
+                f"{out_dir / MANIFEST} records {recorded}; run `hsi fetch` (or `dvc repro`) to "
+                "fetch it again"
+            )
+        log.debug("%s: touched since it was fetched but unchanged (sha256 %s)", path, actual[:12])
+
+
+def _file_records(manifest: Mapping[str, Any]) -> list[dict]:
+    """The manifest's records of the cube, the labels and their companions (ENVI files)."""
+    out = []
+    for part in ("cube", "gt"):
+        rec = manifest[part]
+        out += [rec, *rec.get("companions", ())]
+    return out
+
+
+def _crop_window(crop: Sequence[int], shape: Sequence[int], where: Path) -> tuple[slice, slice]:
+    """The rows and columns ``dataset.crop`` selects; DataError unless they lie in the scene."""
+    h, w = int(shape[0]), int(shape[1])
+    r0, r1, c0, c1 = (int(v) for v in crop)
+    scene = f"{h}×{w} scene ({where})"
+    if min(r0, r1, c0, c1) < 0:
+        raise DataError(
+            f"'dataset.crop' = {list(crop)} has negative values; the {scene} has "
+            f"rows 0..{h} and columns 0..{w}"
+        )
+    if r0 >= min(r1, h) or c0 >= min(c1, w):
+        raise DataError(f"'dataset.crop' = {list(crop)} leaves nothing of the {scene}")
+    if r1 > h or c1 > w:
+        raise DataError(
+            f"'dataset.crop' = {list(crop)} reaches beyond the {scene}: rows must lie in "
+            f"0..{h} and columns in 0..{w}; nothing is clipped silently"
+        )
+    return slice(r0, r1), slice(c0, c1)
 
 
 def _local_dir(data_dir: str | os.PathLike | None, source: str) -> Path | None:
@@ -271,7 +357,7 @@ def _fetch_registered(
                 _obtain(spec, info.name, out_dir, source, local, previous, progress, written, reuse)
                 for spec in (cube_spec, gt_spec)
             ]
-        except LocalFileMismatch:
+        except LocalFileUnusable:
             raise
         except DataError as exc:
             failures.append(exc)
@@ -357,8 +443,10 @@ def _candidates(
     if source in ("auto", "local") and local is not None:
         for base in (local, local / dataset):
             for fname in (spec.filename, *spec.aliases):
-                if (base / fname).is_file():
-                    out.append((f"local:{base / fname}", copier(base / fname)))
+                path = base / fname
+                if path.exists():
+                    _usable_local(path, spec)
+                    out.append((f"local:{path}", copier(path)))
         if source == "local" and not out:
             raise DataError(
                 f"{spec.filename}: not found in {local} or {local / dataset} "
@@ -386,15 +474,33 @@ def _candidates(
     return out
 
 
-class LocalFileMismatch(ChecksumError):
+class LocalFileUnusable(DataError):
+    """A file in the local data folder exists but cannot be used; no other source is tried."""
+
+
+class LocalFileMismatch(ChecksumError, LocalFileUnusable):
     """A file in the local data folder exists but is not the expected one."""
 
 
+def _usable_local(path: Path, spec: FileSpec) -> None:
+    try:
+        regular_file(path)
+    except DataError as exc:
+        raise LocalFileUnusable(
+            f"{exc}; this local copy of {spec.filename} cannot be used. Replace or remove it (or "
+            f"unset ${DATA_DIR_ENV}); no other source is tried"
+        ) from None
+
+
 def _link_or_copy(src: Path, dest: Path) -> None:
+    """Hard-link ``src`` to ``dest``, else copy it (mode from the umask, like a new file; mtime
+    kept, so the manifest records the same one)."""
     try:
         os.link(src, dest)
     except OSError:
-        shutil.copy2(src, dest)
+        shutil.copyfile(src, dest)
+        st = src.stat()
+        os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _package_file(package_path: str) -> tuple[Path, str]:
@@ -426,11 +532,13 @@ def _previous_record(previous: dict, filename: str) -> dict:
 
 
 def _record(spec: FileSpec, digest: str, path: Path, source: str) -> dict:
+    st = path.stat()
     return {
         "file": spec.filename,
         "key": spec.key,
         "sha256": digest,
-        "size": path.stat().st_size,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
         "source": source,
     }
 

@@ -7,16 +7,28 @@ The format is recognised from the file's content (magic bytes), the extension is
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, PipelineError
+from pipeline.io import regular_file
 
-__all__ = ["detect_format", "list_keys", "load_array", "load_cube", "load_gt", "resolve_key"]
+__all__ = [
+    "detect_format",
+    "list_keys",
+    "load_array",
+    "load_cube",
+    "load_gt",
+    "resolve_key",
+    "shown_as",
+]
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096)
@@ -159,13 +171,24 @@ def load_gt(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     raise DataError(f"{path}{_kdesc(key)}: label values out of integer range [{lo}, {hi}]")
 
 
+@contextlib.contextmanager
+def shown_as(names: Mapping[str | os.PathLike, str | os.PathLike]) -> Iterator[None]:
+    """Errors raised inside the block name each path of ``names`` (e.g. a copy in a hidden
+    staging folder) as its value (the file the user knows); a folder key renames what is in it."""
+    try:
+        yield
+    except PipelineError as exc:
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            text = exc.args[0]
+            pairs = sorted(((str(k), str(v)) for k, v in names.items()), key=lambda p: -len(p[0]))
+            for old, new in pairs:
+                text = re.sub(re.escape(old) + r"(?![\w.-])", lambda _m, new=new: new, text)
+            exc.args = (text,)
+        raise
+
+
 def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a data file")
-    return path
+    return regular_file(path)
 
 
 def _kdesc(key: str | None) -> str:
@@ -376,8 +399,8 @@ def _envi_header_for(path: Path) -> Path | None:
     if path.suffix.lower() == ".hdr":
         return path
     for cand in (path.with_suffix(".hdr"), path.with_name(path.name + ".hdr")):
-        if cand != path and cand.is_file():
-            return cand
+        if cand != path and cand.exists():
+            return regular_file(cand)
     return None
 
 
@@ -397,7 +420,7 @@ def _open_envi(path: Path):
                 str(c)
                 for ext in _ENVI_DATA_EXTS
                 for c in (Path(str(stem) + ext), Path(str(stem) + ext.upper()))
-                if c.is_file()
+                if c.exists() and regular_file(c)
             ),
             None,
         )

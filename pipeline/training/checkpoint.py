@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import DataError, ParamsError
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, write_bytes
 from pipeline.provenance import check_provenance, fingerprint
 
 __all__ = [
@@ -104,29 +104,107 @@ def _numpy(obj: Any) -> Any:
 
 
 def _save(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    # temp files of a writer killed with -9 (only one run writes a given checkpoint or state)
-    for stale in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
-        stale.unlink(missing_ok=True)
+    _remove_stale_temps(Path(path))
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def _load(path: Path, what: str) -> dict:
     """torch.load with weights_only=True; DataError (one line, no advice to disable safe loading)
-    for a missing, corrupt, truncated, foreign or code-carrying file."""
+    for a missing, corrupt, truncated, foreign or code-carrying file.
+
+    A file torch cannot load is "refused" when its pickle names a callable outside torch's
+    weights-only allowlist (e.g. ``posix.system``), whatever error torch raised for it: the
+    names are read by an unpickler whose every class and function is an inert stand-in.
+    """
+    import _compat_pickle
+    import io
+    import re
+    import warnings
+    import zipfile
+
+    class Inert:
+        """Stands in for each callable the pickle names: building or calling it does nothing."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Inert:
+            return Inert()
+
+        def __setstate__(self, state: Any) -> None:
+            pass
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            pass
+
+        def append(self, item: Any) -> None:
+            pass
+
+        def extend(self, items: Any) -> None:
+            pass
+
+    class Names(pickle.Unpickler):
+        def __init__(self, f: Any, found: list[str]) -> None:
+            super().__init__(f)
+            self.found = found
+
+        def find_class(self, module: str, name: str) -> type:
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            self.found.append(f"{module}.{name}")
+            return Inert
+
+        def persistent_load(self, pid: Any) -> Inert:
+            return Inert()
+
+    def unsafe_globals() -> list[str]:
+        found: list[str] = []
+        try:
+            with zipfile.ZipFile(path) as z:
+                pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+                streams = [io.BytesIO(z.read(pkl[0]))] if pkl else []
+            count = 1
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError):
+            try:  # not a zip: a bare pickle, or a legacy file of several in a row
+                streams, count = [open(path, "rb")], 4  # noqa: SIM115 - closed below
+            except OSError:
+                return []
+        for f in streams:
+            with f:
+                for _ in range(count):
+                    try:
+                        Names(f, found).load()
+                    except Exception:
+                        break
+        try:
+            from torch import _weights_only_unpickler as wo
+
+            allowed = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
+        except (ImportError, AttributeError):  # private API gone: trust torch's own names only
+            allowed = {g for g in found if g.startswith(("torch.", "collections."))}
+        identifier = re.compile(r"^[A-Za-z_][\w.]*$")  # not bytes of a corrupt file read as names
+        return [g for g in dict.fromkeys(found) if identifier.match(g) and g not in allowed]
+
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
+        with warnings.catch_warnings():  # e.g. torch's note on a pickle protocol it does not use
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, …
+        unsafe = unsafe_globals()
+        if unsafe or "Unsupported global" in str(e):
+            names = f" (it names {', '.join(unsafe[:3])})" if unsafe else ""
             raise DataError(
                 f"{path}: refused: holds Python objects other than tensors, numbers, strings, "
-                "lists and dicts (loading them could run code); not a pipeline file"
+                f"lists and dicts{names}; loading them could run code; not a pipeline file"
             ) from None
-        raise DataError(f"{path}: not a readable {what} (corrupt or not a PyTorch file)") from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, … for corrupt or foreign files
+        if isinstance(e, pickle.UnpicklingError):
+            raise DataError(
+                f"{path}: not a readable {what} (corrupt or not a PyTorch file)"
+            ) from None
         raise DataError(
             f"{path}: not a readable {what} (corrupt, truncated or not a PyTorch file: "
             f"{type(e).__name__})"
@@ -145,13 +223,17 @@ def _load(path: Path, what: str) -> dict:
 # --------------------------------------------------------------------------- model checkpoints
 
 
-def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
-    """Atomically write a model checkpoint (the fields of :func:`checkpoint_bytes`)."""
-    path = Path(path)
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files of this target (only one run writes a given checkpoint or state): a writer
+    killed with -9 leaves them, whatever their name format."""
     for stale in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
         stale.unlink(missing_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(checkpoint_bytes(**fields))
+
+
+def save_checkpoint(path: str | os.PathLike, **fields: Any) -> None:
+    """Atomically write a model checkpoint (the fields of :func:`checkpoint_bytes`)."""
+    _remove_stale_temps(Path(path))
+    write_bytes(path, checkpoint_bytes(**fields))
 
 
 def checkpoint_bytes(
