@@ -127,6 +127,7 @@ def trained_record(
         "val_pixels": int(data.val.sum()),
         "mlflow_run_id": run_id,
         "data_fingerprint": data.fingerprint,
+        "params_fingerprint": fingerprint(train_params(params, name, seed)),
     }
     return ckpt, summary
 
