@@ -392,6 +392,17 @@ class Params(Section):
             node[last] = value
         return validate(raw, where)
 
+    def with_protocol(self, name: str, where: str = "params") -> Params:
+        """The same params under protocol ``name``: the keys the current protocol filled in go
+        back to null so the new one fills them; keys set explicitly must agree with it."""
+        raw = self.to_dict()
+        raw["protocol"] = name
+        for key, fallback in _UNSET.items():
+            sec, fld = key.split(".")
+            if raw[sec][fld] == PROTOCOLS[self.protocol].get(key, fallback):
+                raw[sec][fld] = None
+        return validate(raw, where)
+
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 

@@ -111,7 +111,7 @@ def _study_params(params):
     protocol = params.study.protocol or params.protocol
     if protocol == params.protocol:
         return params, protocol
-    return params.override({"protocol": protocol}, where="study.protocol"), protocol
+    return params.with_protocol(protocol, where="study.protocol"), protocol
 
 
 def _check_tracking(p, cluster) -> None:
