@@ -57,16 +57,22 @@ def prepared_fingerprint(
     labels: np.ndarray,
     split: Mapping[str, np.ndarray],
     pca: Mapping[str, np.ndarray],
+    spectra: np.ndarray | None = None,
 ) -> str:
     """Fingerprint of prepared data: the reduced cube, the labels, each split mask and each PCA
-    array, by content (so two ``prepare`` runs with equal outputs share a fingerprint)."""
+    array, and the full spectra when kept, by content (so two ``prepare`` runs with equal outputs
+    share a fingerprint)."""
     split_keys, pca_keys = sorted(split), sorted(pca)
+    head = {"split": split_keys, "pca": pca_keys} | (
+        {"spectra": True} if spectra is not None else {}
+    )
     return fingerprint(
-        {"split": split_keys, "pca": pca_keys},
+        head,
         cube,
         labels,
         *(np.asarray(split[k]) for k in split_keys),
         *(np.asarray(pca[k]) for k in pca_keys),
+        *([] if spectra is None else [spectra]),
     )
 
 
@@ -116,11 +122,12 @@ def check_prepared(
     labels: np.ndarray,
     split: Mapping[str, np.ndarray],
     pca: Mapping[str, np.ndarray],
+    spectra: np.ndarray | None = None,
 ) -> str:
     """The fingerprint of prepared data, after checking that ``meta.json`` (written last by
     ``prepare``) records the fingerprint of exactly these arrays: files from two different or
     interrupted ``prepare`` runs are refused instead of mixed."""
-    actual = prepared_fingerprint(cube, labels, split, pca)
+    actual = prepared_fingerprint(cube, labels, split, pca, spectra)
     recorded = meta.get("fingerprint")
     if recorded != actual:
         if not recorded:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.pca import PCA
 from pipeline.data.prepared import Prepared
 from pipeline.errors import DataError
 from pipeline.evaluation.classification import Evaluation
@@ -80,6 +81,7 @@ def trained_record(
     *,
     device: str,
     run_id: str | None,
+    features: str = "pca",
 ) -> tuple[bytes, dict]:
     """The checkpoint's content and train.json's fields of one trained classifier."""
     patch = {
@@ -88,10 +90,11 @@ def trained_record(
     }
     best = result.best_score
     fold = data.meta.get("split", {}).get("fold")
+    pca = data.pca if features == "pca" else PCA.identity(data.spectra.shape[-1]).to_arrays()
     ckpt = checkpoint_bytes(
         state_dict=result.state_dict,
         model_config=model.config,
-        pca=data.pca,
+        pca=pca,
         patch=patch,
         class_names=data.class_names,
         meta={
@@ -102,6 +105,7 @@ def trained_record(
             "mlflow_run_id": run_id,
             "seed": seed,
             "fold": fold,
+            "features": features,
             "best_epoch": result.best_epoch,
             "best_val_oa": best if best is not None else -1.0,
         },

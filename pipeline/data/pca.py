@@ -55,6 +55,13 @@ class PCA:
         }
 
     @classmethod
+    def identity(cls, bands: int) -> PCA:
+        """The transform that keeps every band as it is: the "PCA" of a model that reads the
+        full spectra (it standardises them itself)."""
+        ones = np.ones(bands)
+        return cls(np.zeros(bands), np.eye(bands), ones, ones / bands, whiten=False, scale=1.0)
+
+    @classmethod
     def from_arrays(cls, arrays) -> PCA:
         return cls(
             mean=np.asarray(arrays["mean"], dtype=np.float64),

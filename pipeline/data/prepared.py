@@ -35,6 +35,7 @@ class Prepared:
     pca: dict[str, np.ndarray]
     path: Path | None = None
     summary: dict = field(default_factory=dict)
+    spectra: np.ndarray | None = None  # (H, W, B) float32, the full spectra (classical models)
 
     @property
     def train(self) -> np.ndarray:
@@ -60,10 +61,22 @@ class Prepared:
         """Pixels the ``which`` input (train, val, test) shows; None for the whole scene."""
         return self.split.get(f"view_{which}")
 
-    def input_cube(self, which: str) -> np.ndarray:
-        """The cube as the ``which`` input sees it: hidden pixels set to the padding value 0."""
-        view = self.view(which)
-        return self.cube if view is None else self.cube * view[..., None].astype(self.cube.dtype)
+    def features(self, kind: str = "pca") -> np.ndarray:
+        """The (H, W, ·) input of a model: the PCA-reduced cube, or the full ``spectra``."""
+        if kind == "pca":
+            return self.cube
+        if self.spectra is None:
+            raise DataError(
+                f"{self.path or 'the prepared data'}: no spectra.npy, which the classical models "
+                "read; run `hsi prepare` again"
+            )
+        return self.spectra
+
+    def input_cube(self, which: str, kind: str = "pca") -> np.ndarray:
+        """The ``kind`` features as the ``which`` input sees them: hidden pixels set to the
+        padding value 0."""
+        cube, view = self.features(kind), self.view(which)
+        return cube if view is None else cube * view[..., None].astype(cube.dtype)
 
     @property
     def groups(self) -> np.ndarray | None:
@@ -128,6 +141,7 @@ def prepare_scene(
     pixels = cube.reshape(-1, cube.shape[-1])
     pca = fit_pca(pixels[fit_mask.ravel()], k, whiten=pc.whiten, scale=pc.scale)
     reduced = pca.transform(cube)
+    spectra = np.asarray(cube, dtype=np.float32)
     arrays = split_arrays(split)
     summary = split_summary(labels, split, patch, manifest["class_names"])
     summary["leakage"] = window_leakage(split, patch)
@@ -151,7 +165,7 @@ def prepare_scene(
         "cube_sha256": manifest["cube"]["sha256"],
         "gt_sha256": manifest["gt"]["sha256"],
         "label_values": manifest["gt"].get("label_values"),
-        "fingerprint": prepared_fingerprint(reduced, labels, arrays, pca.to_arrays()),
+        "fingerprint": prepared_fingerprint(reduced, labels, arrays, pca.to_arrays(), spectra),
         "protocol": params.protocol,
         "split": {
             k: summary.get(k)
@@ -159,7 +173,9 @@ def prepare_scene(
         },
         "pca": {"components": k, "fit_on": pc.fit_on, "fit_pixels": int(fit_mask.sum())},
     }
-    prepared = Prepared(reduced, labels, arrays, meta, pca.to_arrays(), summary=summary)
+    prepared = Prepared(
+        reduced, labels, arrays, meta, pca.to_arrays(), summary=summary, spectra=spectra
+    )
     prepared.summary["pca"] = {
         "components": k,
         "fit_on": pc.fit_on,
@@ -187,12 +203,13 @@ def load(path: Path, manifest: Path | None = None) -> Prepared:
             meta=json.loads((path / "meta.json").read_text()),
             pca={k: pca[k] for k in pca.files},
             path=path,
+            spectra=np.load(path / "spectra.npy") if (path / "spectra.npy").is_file() else None,
         )
     except FileNotFoundError as e:
         raise DataError(f"{e.filename}: missing; run `hsi prepare` (or `dvc repro`) first") from e
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: unreadable prepared data ({e}); run `hsi prepare`") from e
-    check_prepared(str(path), data.meta, data.cube, data.labels, data.split, data.pca)
+    check_prepared(str(path), data.meta, data.cube, data.labels, data.split, data.pca, data.spectra)
     if manifest is not None and manifest.is_file():
         raw = json.loads(manifest.read_text())
         check_same_file(
@@ -210,6 +227,7 @@ def save(path: Path, data: Prepared) -> None:
     """Write prepared data to folder ``path``; ``meta.json`` last, holding the fingerprint of
     the arrays, so files of two different or interrupted runs are refused by :func:`load`."""
     save_npy(path / "cube.npy", data.cube)
+    save_npy(path / "spectra.npy", data.spectra)
     save_npy(path / "labels.npy", data.labels)
     save_npz(path / "split.npz", **data.split)
     save_npz(path / "pca.npz", **data.pca)

@@ -46,13 +46,14 @@ def evaluate_classifier(
     inference: Any,
     device: torch.device | str = "cpu",
     *,
+    features: str = "pca",
     progress: bool = False,
 ) -> Evaluation:
-    """Classify every pixel of the test input (``patch``: the checkpoint's size and padding) and
-    score the test pixels."""
+    """Classify every pixel of the test input (``patch``: the checkpoint's size and padding;
+    ``features``: what the model reads, as its checkpoint records) and score the test pixels."""
     pred = predict_scene(
         model,
-        data.input_cube("test"),
+        data.input_cube("test", features),
         patch["size"],
         padding=patch["padding"],
         device=device,

@@ -54,6 +54,8 @@ class ModelSpec:
     fit: Callable[..., nn.Module] | None = None
     """Classical models: ``fit(features, labels, n_classes, groups=..., seed=...)`` returns the
     fitted module; None for models trained by the loop."""
+    features: str = "pca"
+    """What the model reads: the PCA-reduced cube (``pca``) or the full ``spectra``."""
 
     def build(self, shape: Shape, params: Any) -> nn.Module:
         """The untrained model for data of ``shape``, configured from ``params``."""
@@ -131,7 +133,7 @@ def _classical(cls: type[nn.Module], fit: Callable, summary: str) -> ModelSpec:
     def builder(shape: Shape, params: Any) -> nn.Module:
         raise ParamsError(f"{cls.name} is fitted on pixels (spec.fit), not built untrained")
 
-    return ModelSpec(cls.name, "classification", "classical", cls, builder, summary, fit)
+    return ModelSpec(cls.name, "classification", "classical", cls, builder, summary, fit, "spectra")
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -144,12 +146,12 @@ REGISTRY: dict[str, ModelSpec] = {
         _classical(
             KernelSVM,
             lambda x, y, n, *, groups=None, seed=0: fit_svm(x, y, n, groups=groups, seed=seed),
-            "RBF SVM on the pixel's PCA features; C and γ by inner CV over spatial blocks",
+            "RBF SVM on the pixel's standardised spectrum; C and γ by inner CV over spatial blocks",
         ),
         _classical(
             RandomForest,
             lambda x, y, n, *, groups=None, seed=0: fit_rf(x, y, n, seed=seed),
-            "random forest (200 trees) on the pixel's PCA features",
+            "random forest (200 trees) on the pixel's spectrum",
         ),
         _denoiser(
             DnCNNSubspace,

@@ -34,7 +34,15 @@ def run(params, model_name: str, seed: int) -> dict:
     )
     checkpoint_sha256 = sha256_file(files.checkpoint)
     model = load_model(ckpt, device)
-    ev = evaluate_classifier(model, data, ckpt["patch"], params.inference, device, progress=True)
+    ev = evaluate_classifier(
+        model,
+        data,
+        ckpt["patch"],
+        params.inference,
+        device,
+        features=ckpt["meta"].get("features", "pca"),
+        progress=True,
+    )
     metrics = write_evaluation(
         files, data, ev, checkpoint_sha256=checkpoint_sha256, device=device_name(device)
     )

@@ -159,8 +159,9 @@ def _cell(payload: dict, shared: dict, ctx) -> dict:
         mlrun.log_prepared(
             data.meta, p, {k: int(data.split[k].sum()) for k in ("train", "val", "test")}
         )
+        model_spec = spec(model_name, "classification")
         model, result = train_model(
-            spec(model_name, "classification"), data, p, seed, device=device, store=store,
+            model_spec, data, p, seed, device=device, store=store,
             on_epoch=epoch_logger(mlrun), progress=False,
         )  # fmt: skip
         ckpt, summary = trained_record(
@@ -172,13 +173,19 @@ def _cell(payload: dict, shared: dict, ctx) -> dict:
             seed,
             device=device_name(device),
             run_id=mlrun.run_id,
+            features=model_spec.features,
         )
         with tempfile.TemporaryDirectory(prefix="hsi-cell-") as tmp:
             path = Path(tmp) / f"{name}.pt"
             path.write_bytes(ckpt)
             saved = load_checkpoint(path)
             ev = evaluate_classifier(
-                load_model(saved, device), data, saved["patch"], p.inference, device
+                load_model(saved, device),
+                data,
+                saved["patch"],
+                p.inference,
+                device,
+                features=saved["meta"].get("features", "pca"),
             )
         mlrun.log_metrics({f"test_{k}": v for k, v in ev.metrics.items()})
     return {

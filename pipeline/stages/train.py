@@ -65,6 +65,7 @@ def run(params, model_name: str, seed: int) -> dict:
             seed,
             device=device_name(device),
             run_id=mlrun.run_id,
+            features=model_spec.features,
         )
         summary = write_training(files, ckpt, summary, result.history)
         mlrun.log_metrics(

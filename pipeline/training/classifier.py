@@ -329,13 +329,14 @@ def train_classifier(
 
 
 def fit_classical(spec: ModelSpec, data: Prepared, *, seed: int) -> tuple[nn.Module, FitResult]:
-    """Fit a classical baseline on the training pixels' features (the prepared cube's PCA
-    features, the CNNs' input); the k-fold blocks group its inner cross-validation."""
+    """Fit a classical baseline on the training pixels' features (``spec.features``: the full
+    spectra for svm and rf, standardised by the model on the training pixels); the k-fold
+    blocks group its inner cross-validation."""
     rows, cols = np.nonzero(data.train)
     groups = data.groups[rows, cols] if data.groups is not None else None
     t0 = time.perf_counter()
     model = spec.fit(
-        data.cube[rows, cols],
+        data.features(spec.features)[rows, cols],
         data.labels[rows, cols] - 1,
         len(data.class_names),
         groups=groups,
