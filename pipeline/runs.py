@@ -34,10 +34,13 @@ from pipeline.evaluation.figures import (
     save_map_panel,
 )
 from pipeline.io import rows_csv, save_npy, sha256_file, write_bytes, write_json, write_text
-from pipeline.models import count_parameters
+from pipeline.models import count_parameters, spec
 from pipeline.naming import run_name
+from pipeline.params import flatten
 from pipeline.provenance import check_recorded, check_same_file, fingerprint
 from pipeline.training.checkpoint import checkpoint_bytes
+from pipeline.training.classifier import train_model
+from pipeline.training.common import device_name
 from pipeline.training.loop import FitResult
 
 
@@ -54,7 +57,10 @@ def save_training_curves(path, history: list[dict], title: str) -> None:
 
 def train_params(params, model: str, seed: int) -> dict:
     """What a classifier's training depends on besides the data: its checkpoint records it, and
-    a resume state is valid only for the same."""
+    a resume state is valid only for the same. A classical model depends on none of the loop's
+    settings (a CNN recipe changes nothing about an SVM)."""
+    if spec(model).family == "classical":
+        return {"model": model, "seed": seed, "features": spec(model).features}
     tp = {
         k: v for k, v in params.train.to_dict().items() if k not in ("models", "seeds", "baseline")
     }
@@ -134,6 +140,30 @@ def trained_record(
         "params_fingerprint": fingerprint(train_params(params, name, seed)),
     }
     return ckpt, summary
+
+
+def train_run(
+    model_spec, data: Prepared, params, seed: int, *, device, store, mlrun, on_epoch=None,
+    progress: bool = True,
+) -> tuple[object, bytes, dict, list[dict]]:  # fmt: skip
+    """Train one classifier, logging to ``mlrun``: the one path of the `train` stage and of every
+    study cell. Returns the model, its checkpoint's bytes, train.json's fields and the history."""
+    logged = {k: v for k, v in flatten(params).items() if not k.startswith(("denoise.", "study."))}
+    mlrun.log_params({**logged, "model": model_spec.name, "seed": seed})
+    mlrun.log_prepared(
+        data.meta, params, {k: int(data.split[k].sum()) for k in ("train", "val", "test")}
+    )
+    model, result = train_model(
+        model_spec, data, params, seed, device=device, store=store, on_epoch=on_epoch,
+        progress=progress,
+    )  # fmt: skip
+    ckpt, summary = trained_record(
+        model, result, data, params, model_spec.name, seed, device=device_name(device),
+        run_id=mlrun.run_id, features=model_spec.features,
+    )  # fmt: skip
+    keys = ("best_val_oa", "train_time_s", "best_epoch", "n_params")
+    mlrun.log_metrics({k: summary[k] or 0.0 for k in keys})
+    return model, ckpt, summary, result.history
 
 
 def write_training(files, checkpoint: bytes, summary: dict, history: list[dict]) -> dict:

@@ -14,7 +14,7 @@ spec.loader.exec_module(results)
 
 
 def _report(root: Path, protocol: str) -> None:
-    d = root / "reports" / "indian_pines"
+    d = root / "reports" / "indian_pines" / "study" / protocol
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps({"protocol": protocol, "seeds": [0, 1, 2]}))
     (d / "summary.md").write_text(f"# indian_pines, protocol `{protocol}`\n\nbody\n")
@@ -24,8 +24,8 @@ def _report(root: Path, protocol: str) -> None:
 def test_command_names_protocol_seeds_overrides_and_target():
     cmd = results.command("leakfree", [0, 1, 2], ["train.early_stopping=10"])
     assert cmd == [
-        "dvc", "exp", "run", "-S", "protocol=leakfree", "-S", "train.seeds=[0,1,2]",
-        "-S", "train.early_stopping=10", "report",
+        "dvc", "exp", "run", "-S", "study.protocol=leakfree", "-S", "study.seeds=[0,1,2]",
+        "-S", "train.early_stopping=10", "study/dvc.yaml",
     ]  # fmt: skip
 
 
@@ -42,8 +42,9 @@ def test_publish_writes_the_command_into_both_summaries(tmp_path):
 
 def test_publish_refuses_a_report_of_another_protocol(tmp_path):
     _report(tmp_path, "paper")
+    src = tmp_path / "reports/indian_pines/study/paper"
     with pytest.raises(SystemExit, match="protocol 'paper', expected 'leakfree'"):
-        results.publish(tmp_path, "indian_pines", "leakfree", "cmd", "today")
+        results.publish(tmp_path, "indian_pines", "leakfree", "cmd", "today", src)
     assert not (tmp_path / "reports/results").exists()
 
 
@@ -54,16 +55,18 @@ def test_table_lists_every_protocol_and_variant_with_its_verdict(tmp_path):
         d.mkdir(parents=True)
         row = {k: stat for k in ("oa", "aa", "kappa")}
         row |= {"epochs_run": {"mean": 30.0}, "best_epoch": {"mean": 20.0}}
+        comp = {"verdict": verdict, "test": {"p_value": 0.012}}
         summary = {
             "protocol": protocol,
             "models": {"hybridsn": row, "hybridsn_se": row},
-            "comparisons": {"hybridsn_se": {"verdict": verdict, "paired_t": {"p_value": 0.012}}},
+            "comparisons": {"hybridsn": {"hybridsn_se": comp}},
         }
         (d / "summary.json").write_text(json.dumps(summary))
     lines = results.table(tmp_path, "indian_pines").splitlines()
     assert len(lines) == 2 + 4
     assert lines[2].startswith("| `leakfree` | `hybridsn` | 99.00 ± 0.10 |")
-    assert lines[2].endswith("| 30 (20) | baseline |")
+    assert lines[2].endswith("| 30 (20) | baseline | – |")
     assert lines[5].endswith(
-        "| `hybridsn_se` | 99.00 ± 0.10 | 99.00 ± 0.10 | 99.00 ± 0.10 | 30 (20) | better (p = 0.012) |"
+        "| `hybridsn_se` | 99.00 ± 0.10 | 99.00 ± 0.10 | 99.00 ± 0.10 | 30 (20) | "
+        "better (p = 0.012) | – |"
     )

@@ -1,15 +1,17 @@
-"""One protocol's committed results table, made by the pipeline itself.
+"""One protocol's committed results table, made by the pipeline itself, through the study.
 
-Runs ``dvc exp run -S protocol=<protocol> -S train.seeds=[...] [-S ...] report`` (every variant ×
-seed trained, evaluated and compared by the `report` stage), then copies the report's
-``summary.{md,json}`` and ``variants_maps.png`` into ``reports/results/<dataset>/<protocol>/``
-with the exact command, commit and date written on top. ``params.yaml`` is put back afterwards;
-the experiment stays in ``dvc exp show``. Do not commit while it runs: ``dvc exp run`` detaches
-HEAD at the commit it started from and returns the branch there when it ends, so such commits
-leave the branch (they stay in ``git reflog``). ``--publish-only`` stamps the current commit.
+Runs ``dvc exp run -S study.protocol=<protocol> -S study.seeds=[...] [-S ...] study/dvc.yaml``
+(every model × seed × fold of ``study:`` trained, evaluated and compared by `hsi study`), then
+copies the study's ``summary.{md,json}``, ``variants_maps.png`` and ``oa_ci.png`` into
+``reports/results/<dataset>/<protocol>/`` with the exact command, commit and date written on
+top. ``params.yaml`` is put back afterwards; the experiment stays in ``dvc exp show``. Do not
+commit while it runs: ``dvc exp run`` detaches HEAD at the commit it started from and returns
+the branch there when it ends, so such commits leave the branch (they stay in ``git reflog``).
+``--publish-only`` stamps the current commit; ``--from DIR`` publishes a study made elsewhere
+(e.g. on a GPU machine) with the command ``--made-by`` that made it.
 
-    python tools/results.py --protocol paper --seeds 0 1 2 --set train.early_stopping=10
-    python tools/results.py --protocol leakfree --seeds 0 1 2 --set train.early_stopping=10
+    python tools/results.py --protocol leakfree --seeds 0 1 2
+    python tools/results.py --protocol paper --seeds 0 1 2 --set "study.models=[hybridsn]"
 """
 
 from __future__ import annotations
@@ -28,17 +30,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+FILES = ("variants_maps.png", "oa_ci.png")
+
+
 def command(protocol: str, seeds: list[int], extra: list[str]) -> list[str]:
-    cmd = ["dvc", "exp", "run", "-S", f"protocol={protocol}"]
-    cmd += ["-S", f"train.seeds=[{','.join(map(str, seeds))}]"]
+    cmd = ["dvc", "exp", "run", "-S", f"study.protocol={protocol}"]
+    cmd += ["-S", f"study.seeds=[{','.join(map(str, seeds))}]"]
     for kv in extra:
         cmd += ["-S", kv]
-    return [*cmd, "report"]
+    return [*cmd, "study/dvc.yaml"]
 
 
-def publish(root: Path, dataset: str, protocol: str, shown: str, stamp: str) -> Path:
-    """Copy the `report` stage's outputs into the results folder, the command written on top."""
-    src = root / "reports" / dataset
+def study_dir(root: Path, dataset: str, protocol: str) -> Path:
+    return root / "reports" / dataset / "study" / protocol
+
+
+def publish(
+    root: Path, dataset: str, protocol: str, shown: str, stamp: str, src: Path | None = None
+) -> Path:
+    """Copy the study's outputs into the results folder, the command written on top."""
+    src = src or study_dir(root, dataset, protocol)
     dst = root / "reports" / "results" / dataset / protocol
     summary = json.loads((src / "summary.json").read_text())
     if summary["protocol"] != protocol:
@@ -53,15 +64,28 @@ def publish(root: Path, dataset: str, protocol: str, shown: str, stamp: str) -> 
     tmp = dst / "summary.md.tmp"
     tmp.write_text(f"{head}\n\nMade by `{shown}` ({stamp}).\n{rest}")
     tmp.replace(dst / "summary.md")
-    shutil.copyfile(src / "variants_maps.png", dst / "variants_maps.png")
+    for name in FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
     return dst
+
+
+def _verdict(s: dict, baseline: str, model: str) -> str:
+    if model == baseline:
+        return "baseline"
+    t = s["comparisons"].get(baseline, {}).get(model)
+    if t is None:
+        return "–"
+    p = t["test"]["p_value"]
+    return t["verdict"] + (f" (p = {p:.2g})" if p is not None else "")
 
 
 def table(root: Path, dataset: str) -> str:
     """One markdown table of every published protocol (the README's Results section)."""
     lines = [
-        "| protocol | model | OA (%) | AA (%) | kappa (%) | epochs run (best) | vs `hybridsn` |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| protocol | model | OA (%) | AA (%) | kappa (%) | epochs run (best) | vs `hybridsn` "
+        "| vs `svm` |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for path in sorted((root / "reports" / "results" / dataset).glob("*/summary.json")):
         s = json.loads(path.read_text())
@@ -71,13 +95,11 @@ def table(root: Path, dataset: str) -> str:
                 for k in ("oa", "aa", "kappa")
             }
             epochs = f"{r['epochs_run']['mean']:.0f} ({r['best_epoch']['mean']:.0f})"
-            t = s["comparisons"].get(m)
-            verdict = "baseline" if t is None else t["verdict"]
-            if t and t["paired_t"]["p_value"] is not None:
-                verdict += f" (p = {t['paired_t']['p_value']:.2g})"
+            if not r["epochs_run"]["mean"]:
+                epochs = "–"
             lines.append(
                 f"| `{s['protocol']}` | `{m}` | {pm['oa']} | {pm['aa']} | {pm['kappa']} | "
-                f"{epochs} | {verdict} |"
+                f"{epochs} | {_verdict(s, 'hybridsn', m)} | {_verdict(s, 'svm', m)} |"
             )
     return "\n".join(lines)
 
@@ -91,7 +113,10 @@ def main() -> None:
     ap.add_argument("--publish-only", action="store_true",
                     help="copy the current report without running (after an interrupted run)")  # fmt: skip
     ap.add_argument("--table", action="store_true",
-                    help="print every published protocol as one markdown table, run nothing")  # fmt: skip
+                    help="print every published protocol as one markdown table, run nothing")
+    ap.add_argument("--from", dest="source", type=Path, default=None,
+                    help="publish the study in this folder (made elsewhere) instead of running")
+    ap.add_argument("--made-by", default=None, help="with --from: the command that made it")  # fmt: skip
     args = ap.parse_args()
     if args.table:
         print(table(ROOT, yaml.safe_load((ROOT / "params.yaml").read_text())["dataset"]["name"]))
@@ -102,8 +127,10 @@ def main() -> None:
     shown = shlex.join(cmd)
     params_file = ROOT / "params.yaml"
     original = params_file.read_text()
+    if args.source is not None:
+        shown = args.made_by or f"hsi study (in {args.source})"
     try:
-        if not args.publish_only:
+        if not args.publish_only and args.source is None:
             print(f"$ {shown}", flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True)
         dataset = yaml.safe_load(params_file.read_text())["dataset"]["name"]
@@ -111,7 +138,8 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         stamp = f"{datetime.date.today()}, code at commit {rev or 'unknown'}"
-        print(f"results written to {publish(ROOT, dataset, args.protocol, shown, stamp)}")
+        dst = publish(ROOT, dataset, args.protocol, shown, stamp, args.source)
+        print(f"results written to {dst}")
     except subprocess.CalledProcessError as err:
         sys.exit(f"{shown}: failed with exit status {err.returncode}; nothing published")
     finally:

@@ -628,9 +628,9 @@ def make_split(
       overall share) from its target, plus 0.1 x the share of pixels lost to the guard band,
       over several grid offsets. Targets: train : val : test = ``train_fraction`` x
       (1 - ``val_fraction``) : ``train_fraction`` x ``val_fraction`` : 1 - ``train_fraction``.
-      A class that could be split but got no training or no test pixel is a DataError naming
-      it; classes spanning no more than r pixels (:func:`splittable_classes`) cannot be split:
-      they are not scored, with a UserWarning.
+      A class left without training or test pixels is not scored, with a UserWarning naming
+      it: one the search could not place (another seed or a smaller ``tile_size`` may help), or
+      one spanning no more than r pixels (:func:`splittable_classes`), which cannot be split.
     - ``kfold``: square blocks of side ``block_size`` (default the patch size) assigned to
       ``folds`` folds, each class spread over them as evenly as the blocks allow
       (:func:`pipeline.data.kfold.assign_folds`); fold ``fold`` is the test set, validation

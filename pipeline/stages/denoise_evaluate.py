@@ -32,23 +32,14 @@ def run(params) -> dict:
     ckpt = next(iter(ckpts.values()))
     split = RowSplit.from_dict(ckpt["split"])
     if row_split(cube.shape[0], dp.test_fraction) != split:
-        log.warning(
-            "the denoisers were trained with test rows %s; evaluating on those, which "
-            "they never saw",
-            split.to_dict()["test_rows"],
-        )
+        log.warning("the denoisers were trained with test rows %s; evaluating on those",
+                    split.to_dict()["test_rows"])  # fmt: skip
     clean = scale_bands(cube, ckpt["band_min"], ckpt["band_max"])
     sigmas = [float(s) for s in dp.eval_sigmas]
     metrics, details, figure = compare_denoisers(
-        clean[split.train],
-        clean[split.test],
-        models,
-        sigmas,
-        dp.seed,
-        device=device,
-        amp=params.compute.amp,
-        progress=True,
-    )
+        clean[split.train], clean[split.test], models, sigmas, dp.seed, device=device,
+        amp=params.compute.amp, progress=True,
+    )  # fmt: skip
     fig_sigma = min(sigmas, key=lambda s: abs(s - FIGURE_SIGMA))
     at = metrics[f"sigma{fig_sigma:g}"]
     baselines = [b for b in details[f"sigma{fig_sigma:g}"]["baselines"]]
@@ -59,14 +50,9 @@ def run(params) -> dict:
         "split": split.to_dict(),
         "domain": "each band scaled to [0, 1] with the per-band min/max of the training rows",
         "models": {
-            n: {
-                "config": c["model_config"],
-                "trained_noise": c["noise"],
-                "path": c["path"],
-                "sha256": c["sha256"],
-            }
+            n: {k: c[k] for k in ("model_config", "noise", "path", "sha256")}
             for n, c in ckpts.items()
-        },
+        },  # fmt: skip
         "best_baseline": max(baselines, key=lambda b: at[b]["mpsnr"] or 0),
         "best_baseline_at_sigma": fig_sigma,
         "device": device_name(device),
@@ -77,15 +63,9 @@ def run(params) -> dict:
     write_json(out / "metrics.json", metrics)
     write_json(out / "evaluation.json", evaluation)
     rgb = list(ckpt["meta"].get("rgb_bands") or manifest["rgb_bands"])
-    save_comparison_png(
-        out / "comparison.png",
-        clean[split.test],
-        figure,
-        band=rgb[0],
-        rgb_bands=rgb,
-        title=f"{manifest['dataset']}: held-out rows {split.test_start}-{split.height - 1}, "
-        f"σ = {fig_sigma:g}/255",
-    )
+    title = f"{manifest['dataset']}: held-out rows {split.test_start}-{split.height - 1}"
+    save_comparison_png(out / "comparison.png", clean[split.test], figure, band=rgb[0],
+                        rgb_bands=rgb, title=f"{title}, σ = {fig_sigma:g}/255")  # fmt: skip
     _track(params, manifest["dataset"], models, metrics, out, bm3d_note, device_name(device))
     return metrics
 

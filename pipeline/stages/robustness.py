@@ -49,23 +49,12 @@ def run(params) -> dict:
     cube, manifest, raw_fp = raw_cube(raw_dir(params), params.dataset.crop)
     prepared = load_prepared(params)
     files = run_files(params, dp.robustness_model, dp.robustness_seed)
-    clf_ckpt = load_checkpoint(files.checkpoint)
-    check_checkpoint_provenance(
-        clf_ckpt,
-        prepared.fingerprint,
-        against=str(prepared.path),
-        fix=f"hsi train --model {dp.robustness_model} --seed {dp.robustness_seed}",
-    )
-    classifier, pca, patch = (
-        load_model(clf_ckpt, device),
-        PCA.from_arrays(clf_ckpt["pca"]),
-        clf_ckpt["patch"],
-    )
     denoisers, ckpts = load_denoisers(
         denoiser_paths(params), cube, raw_fp, raw_dir=str(raw_dir(params)), device=device
     )
     best_baseline, best_model, ranked_at = _ranking(params, ckpts)
-    split = RowSplit.from_dict(next(iter(ckpts.values()))["split"])
+    ckpt = next(iter(ckpts.values()))
+    split = RowSplit.from_dict(ckpt["split"])
     scored = np.zeros_like(prepared.test)
     scored[split.test] = prepared.test[split.test]
     if not scored.any():
@@ -73,40 +62,13 @@ def run(params) -> dict:
             f"no test pixel of {prepared.path} lies in the denoisers' held-out rows "
             f"{split.to_dict()['test_rows']}; nothing to score"
         )
-    inf = params.inference
-
-    def oa(raw_cube: np.ndarray) -> float:
-        pred = predict_scene(
-            classifier,
-            pca.transform(raw_cube),
-            patch["size"],
-            padding=patch["padding"],
-            device=device,
-            dense=inf.dense,
-            strip_rows=inf.strip_rows,
-            batch_size=inf.batch_size,
-        )
-        return float(np.mean(pred.labels[scored] == prepared.labels[scored]))
-
-    reach = patch["size"] // 2 + max(m.receptive_field // 2 for m in denoisers.values())
-    ckpt = next(iter(ckpts.values()))
+    oa, patch_size = _classifier_oa(params, files, prepared, scored, device)
+    reach = patch_size // 2 + max(m.receptive_field // 2 for m in denoisers.values())
     rows = robustness_rows(
-        cube,
-        (ckpt["band_min"], ckpt["band_max"]),
-        split.train,
-        slice(max(0, split.test_start - reach), cube.shape[0]),
-        oa,
-        denoisers,
-        best_baseline,
-        [float(s) for s in dp.robustness_sigmas],
-        dp.seed,
-        device=device,
-        amp=params.compute.amp,
-    )
-    rows = [
-        {"sigma": r["sigma"], "oa_noisy": r["oa_noisy"], "oa_denoised": r[f"oa_{best_model}"], **r}
-        for r in rows
-    ]
+        cube, (ckpt["band_min"], ckpt["band_max"]), split.train,
+        slice(max(0, split.test_start - reach), cube.shape[0]), oa, denoisers, best_baseline,
+        [float(s) for s in dp.robustness_sigmas], dp.seed, device=device, amp=params.compute.amp,
+    )  # fmt: skip
     summary = {
         "dataset": manifest["dataset"],
         "classifier": str(files.checkpoint),
@@ -115,14 +77,36 @@ def run(params) -> dict:
         "best_baseline": best_baseline,
         "ranked_by": f"MPSNR at σ = {ranked_at:g} in {denoise_dir(params) / 'metrics.json'}",
         "noise": "white Gaussian, σ/255 of each band's training-row [min, max], all pixels/bands",
-        "scored_pixels": f"classifier test pixels inside the held-out rows {split.to_dict()['test_rows']}",
+        "scored_pixels": f"test pixels inside the held-out rows {split.to_dict()['test_rows']}",
         "n_scored": int(scored.sum()),
         "n_test": int(prepared.test.sum()),
         "device": device_name(device),
-        "rows": rows,
-    }
+        "rows": [{"sigma": r["sigma"], "oa_noisy": r["oa_noisy"],
+                  "oa_denoised": r[f"oa_{best_model}"], **r} for r in rows],
+    }  # fmt: skip
     _write(params, summary, manifest["dataset"], files.name, list(denoisers), prepared, scored)
     return summary
+
+
+def _classifier_oa(params, files, prepared, scored, device):
+    """``oa(raw cube)``: the classifier's OA on the ``scored`` pixels, through its own PCA; and
+    its patch size. Its checkpoint must come from the prepared data on disk."""
+    dp, inf = params.denoise, params.inference
+    ckpt = load_checkpoint(files.checkpoint)
+    check_checkpoint_provenance(
+        ckpt, prepared.fingerprint, against=str(prepared.path),
+        fix=f"hsi train --model {dp.robustness_model} --seed {dp.robustness_seed}",
+    )  # fmt: skip
+    classifier, pca, patch = load_model(ckpt, device), PCA.from_arrays(ckpt["pca"]), ckpt["patch"]
+
+    def oa(raw: np.ndarray) -> float:
+        pred = predict_scene(
+            classifier, pca.transform(raw), patch["size"], padding=patch["padding"],
+            device=device, dense=inf.dense, strip_rows=inf.strip_rows, batch_size=inf.batch_size,
+        )  # fmt: skip
+        return float(np.mean(pred.labels[scored] == prepared.labels[scored]))
+
+    return oa, patch["size"]
 
 
 def _ranking(params, ckpts: dict) -> tuple[str, str, float]:

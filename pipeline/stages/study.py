@@ -35,14 +35,13 @@ from pipeline.runs import (
     resume_fingerprint,
     save_comparison,
     train_params,
-    trained_record,
+    train_run,
     write_evaluation,
     write_training,
 )
 from pipeline.stages.common import cell_files, epoch_logger, raw_dir, study_dir
 from pipeline.tracking import resolve_uri, start_run
 from pipeline.training.checkpoint import StateBlob, load_checkpoint, load_model
-from pipeline.training.classifier import train_model
 from pipeline.training.common import device_name, resolve_device
 
 log = logging.getLogger(__name__)
@@ -151,30 +150,15 @@ def _cell(payload: dict, shared: dict, ctx) -> dict:
     )
     tags = {"stage": "study", "model": model_name, "seed": seed, "fold": fold,
             "protocol": p.protocol, "node": ctx.node.hostname, "node_ip": ctx.node.ip,
+            "node_id": ctx.node.node_id,
             "mlflow.parentRunId": shared["parent"]}  # fmt: skip
     run_id = ctx.state.get("mlflow_run_id")
     with start_run(p, data.meta["dataset"], name, tags, run_id=run_id) as mlrun:
         ctx.state.put("mlflow_run_id", mlrun.run_id)
-        mlrun.log_params({"model": model_name, "seed": seed, "fold": fold})
-        mlrun.log_prepared(
-            data.meta, p, {k: int(data.split[k].sum()) for k in ("train", "val", "test")}
-        )
-        model_spec = spec(model_name, "classification")
-        model, result = train_model(
-            model_spec, data, p, seed, device=device, store=store,
-            on_epoch=epoch_logger(mlrun), progress=False,
+        _, ckpt, summary, history = train_run(
+            spec(model_name, "classification"), data, p, seed, device=device, store=store,
+            mlrun=mlrun, on_epoch=epoch_logger(mlrun), progress=False,
         )  # fmt: skip
-        ckpt, summary = trained_record(
-            model,
-            result,
-            data,
-            p,
-            model_name,
-            seed,
-            device=device_name(device),
-            run_id=mlrun.run_id,
-            features=model_spec.features,
-        )
         with tempfile.TemporaryDirectory(prefix="hsi-cell-") as tmp:
             path = Path(tmp) / f"{name}.pt"
             path.write_bytes(ckpt)
@@ -191,7 +175,7 @@ def _cell(payload: dict, shared: dict, ctx) -> dict:
     return {
         "checkpoint": ckpt,
         "train": summary,
-        "history": result.history,
+        "history": history,
         "evaluation": ev,
         "device": device_name(device),
         "summary": f"test OA {100 * ev.report['oa']:.2f}%",
@@ -203,7 +187,8 @@ def _write(p, protocol: str, data: dict, result: dict, info) -> None:
     s = result["train"]
     fold = s["fold"] or 0
     files = cell_files(p, protocol, s["model"], s["seed"], fold)
-    summary = {**s, "node": info.node.hostname, "node_ip": info.node.ip, "attempts": info.attempt}  # fmt: skip
+    summary = {**s, "node": info.node.hostname, "node_ip": info.node.ip,
+               "node_id": info.node.node_id, "attempts": info.attempt}  # fmt: skip
     written = write_training(files, result["checkpoint"], summary, result["history"])
     write_evaluation(files, data[fold], result["evaluation"],
                      checkpoint_sha256=written["checkpoint_sha256"], device=result["device"])  # fmt: skip
