@@ -22,28 +22,24 @@ import time
 
 import numpy as np
 import torch
-from pipeline.models.denoisers import build_denoiser
 from torch import nn
 
 from pipeline.evaluation.denoise import denoise_cube
+from pipeline.models import Shape, spec
 from pipeline.params import load_params
 from pipeline.training.common import autocast, cpu_bf16_supported, device_name
-from pipeline.training.denoise_data import fit_subspace, sample_patches, training_planes
-from pipeline.training.denoiser import trained_net
+from pipeline.training.denoise_data import sample_patches
 
 SHAPE = (145, 145, 200)
 
 
-def _model(name: str, dp: dict, cube: np.ndarray, rank: int) -> nn.Module:
-    arch = {"depth": dp["depth"], "channels": dp["channels"]}
-    if name == "dncnn_subspace":
-        sub = fit_subspace(cube[::4, ::4])
-        model = build_denoiser(name, **arch, bands=cube.shape[-1], rank=rank)
-        model.set_subspace(sub.mean, sub.basis, sub.eigvals)
-        return model
-    if name == "dncnn_spectral":
-        return build_denoiser(name, **arch, k=dp["spectral_k"])
-    return build_denoiser(name, **arch)
+def _model(name: str, params, cube: np.ndarray, rank: int) -> nn.Module:
+    """Denoiser ``name`` from the registry, fitted to (a subsample of) the cube."""
+    model = spec(name, "denoising").build(
+        Shape(bands=cube.shape[-1]), params.override({"denoise.rank": rank})
+    )
+    model.fit_to(cube[::4, ::4])
+    return model
 
 
 def train_step_seconds(net, x, noise, device, amp: bool, channels_last: bool, steps: int) -> float:
@@ -89,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rank", type=int, default=35, help="dncnn_subspace eigen-images")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args(argv)
-    dp = load_params(args.params)["denoise"]
+    params = load_params(args.params)
+    dp = params.denoise
     device = torch.device(args.device)
 
     torch.manual_seed(0)
@@ -109,14 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for name in dp["models"]:
-        model = _model(name, dp, cube, args.rank)
-        planes = training_planes(
-            name,
-            cube[:48, :48],
-            k=dp.get("spectral_k", 0),
-            sub=fit_subspace(cube[:48, :48]),
-            rank=min(args.rank, args.bands),
-        )
+        model = _model(name, params, cube, min(args.rank, args.bands))
+        planes = model.training_planes(cube[:48, :48])
         x = sample_patches(
             torch.as_tensor(planes.planes),
             torch.as_tensor(planes.table),
@@ -129,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         for amp, cl in ((False, False), (True, True)):
             if amp and not (device.type == "cuda" or cpu_bf16_supported()):
                 continue
-            s = train_step_seconds(trained_net(model), x, noise, device, amp, cl, args.steps)
+            s = train_step_seconds(model.trainable_net, x, noise, device, amp, cl, args.steps)
             label = "train step " + ("bf16 + channels-last" if amp else "fp32")
             print(f"{name:<16} {label:<28} {s:>9.3f} {px / s:>8.3f}")
         for amp in (False, True):

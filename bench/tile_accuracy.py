@@ -25,11 +25,13 @@ import torch
 
 from pipeline.data.fetching import fetch_dataset, load_raw
 from pipeline.data.pca import fit_pca
+from pipeline.data.prepared import Prepared
 from pipeline.data.splits import make_split
 from pipeline.evaluation.inference import predict_scene
 from pipeline.evaluation.metrics import classification_metrics, confusion_matrix
 from pipeline.models import build_model
-from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.params import defaults
+from pipeline.training.classifier import train_classifier
 from pipeline.training.common import device_name, resolve_device
 
 P = 25
@@ -50,7 +52,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default="hybridsn")
     ap.add_argument("--batching", default="tiles", choices=["tiles", "patches"])
-    ap.add_argument("--tile-pixels", type=int, nargs="+", default=[TrainConfig.tile_pixels])
+    ap.add_argument("--tile-pixels", type=int, nargs="+", default=[defaults().train.tile_pixels])
     ap.add_argument("--tile-size", type=int, nargs="+", default=[0], help="0 = derived")
     ap.add_argument("--curve", action="store_true", help="print validation OA every epoch")
     ap.add_argument("--no-amp", action="store_true", help="fp32 training (no bf16 autocast)")
@@ -75,24 +77,29 @@ def main() -> None:
         cube, labels, split = load(seed)
         for tile_pixels, tile_size in ((p, s) for p in sizes for s in sides):
             torch.manual_seed(seed)
-            model = build_model(args.model, cube.shape[-1], P, int(labels.max()))
-            cfg = TrainConfig(
-                epochs=args.epochs,
-                batching=args.batching,
-                tile_pixels=tile_pixels or TrainConfig.tile_pixels,
-                tile_size=tile_size or None,
-                seed=seed,
-                amp=not args.no_amp,
-                early_stopping=args.early_stopping,
+            model = build_model(args.model, cube.shape[-1], P, int(labels.max()), dropout=0.4)
+            cfg = (
+                defaults()
+                .override(
+                    {
+                        "train.epochs": args.epochs,
+                        "train.batching": args.batching,
+                        "train.tile_pixels": tile_pixels or defaults().train.tile_pixels,
+                        "train.tile_size": tile_size or None,
+                        "train.early_stopping": args.early_stopping,
+                    }
+                )
+                .train
             )
             curve = (
                 (lambda r: print(f"  epoch {r['epoch']}: val OA {r['val_oa']:.4f}", flush=True))
                 if args.curve
                 else None
             )
+            data = Prepared(cube, labels, {"train": split.train, "val": split.val}, {}, {})
             result = train_classifier(
-                model, cube, labels, split.train, split.val, cfg, patch_size=P,
-                device=device, progress=False, on_epoch=curve,
+                model, data, cfg, seed=seed, patch_size=P, device=device,
+                amp=not args.no_amp, progress=False, on_epoch=curve,
             )  # fmt: skip
             pred = predict_scene(model, cube, P, device=device).labels
             n_classes = int(labels.max())
@@ -101,7 +108,7 @@ def main() -> None:
             print(
                 f"{args.batching:<10}{tile_pixels or '-':>8}{tile_size or '-':>5}{seed:>5}"
                 f"{result.samples_per_s:>11.1f}{result.wall_time_s:>9.0f}"
-                f"{100 * result.best_val_oa:>13.2f}{result.best_epoch:>9}{len(result.history):>5}"
+                f"{100 * result.best_score:>13.2f}{result.best_epoch:>9}{len(result.history):>5}"
                 f"{100 * m['oa']:>9.2f}{100 * m['aa']:>8.2f}{100 * m['kappa']:>8.2f}",
                 flush=True,
             )

@@ -29,9 +29,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.data.fetching import fetch_dataset, load_raw
 from pipeline.data.pca import fit_pca
+from pipeline.data.prepared import Prepared
 from pipeline.data.splits import make_split
 from pipeline.models import build_model
-from pipeline.training.classifier import TrainConfig, train_classifier
+from pipeline.params import defaults
+from pipeline.training.classifier import train_classifier
 from pipeline.training.common import device_name, resolve_device
 
 P = 25
@@ -67,7 +69,7 @@ def reference(name, cube, labels, mask, device, samples, batch=128):
         TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=batch, shuffle=True
     )
     torch.manual_seed(0)
-    model = build_model(name, cube.shape[-1], P, int(labels.max())).to(device)
+    model = build_model(name, cube.shape[-1], P, int(labels.max()), dropout=0.4).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     seen = 0
     sync(device)
@@ -87,18 +89,22 @@ def reference(name, cube, labels, mask, device, samples, batch=128):
 
 
 def ours(name, cube, labels, mask, device, epochs, batching, tile_pixels, batch=256):
-    model = build_model(name, cube.shape[-1], P, int(labels.max()))
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch,
-        batching=batching,
-        tile_pixels=tile_pixels,
-        seed=0,
-        amp=True,
+    model = build_model(name, cube.shape[-1], P, int(labels.max()), dropout=0.4)
+    cfg = (
+        defaults()
+        .override(
+            {
+                "train.epochs": epochs,
+                "train.batch_size": batch,
+                "train.batching": batching,
+                "train.tile_pixels": tile_pixels,
+            }
+        )
+        .train
     )
-    empty = np.zeros_like(mask)
+    data = Prepared(cube, labels, {"train": mask, "val": np.zeros_like(mask)}, {}, {})
     result = train_classifier(
-        model, cube, labels, mask, empty, cfg, patch_size=P, device=device, progress=False
+        model, data, cfg, seed=0, patch_size=P, device=device, amp=True, progress=False
     )
     return result.samples_per_s, result.wall_time_s, result.history[-1]["train_oa"]
 
@@ -121,7 +127,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=3000, help="training samples per method")
     ap.add_argument("--epochs", type=int, default=None, help="ours: full epochs (overrides)")
     ap.add_argument(
-        "--tile-pixels", type=int, default=TrainConfig.tile_pixels, help="tile path's step size"
+        "--tile-pixels",
+        type=int,
+        default=defaults().train.tile_pixels,
+        help="tile path's step size",
     )
     ap.add_argument("--skip-patches", action="store_true", help="time only tiles and reference")
     ap.add_argument(

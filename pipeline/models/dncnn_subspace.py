@@ -137,9 +137,9 @@ class DnCNNSubspace(nn.Module):
     def noise_variance(self, z: torch.Tensor) -> torch.Tensor:
         """σ̂²: the median over the components beyond ``rank`` of their variance in ``z`` (…, B)
         minus their clean variance λ_k (0 when ``rank`` = B)."""
-        tail = z[..., self.rank :].reshape(-1, z.shape[-1] - self.rank)
-        if tail.shape[-1] == 0:
+        if z.shape[-1] == self.rank:
             return torch.zeros((), dtype=z.dtype)
+        tail = z[..., self.rank :].reshape(-1, z.shape[-1] - self.rank)
         return (tail.var(dim=0) - self.eigvals[self.rank :]).median().clamp_min(0)
 
     def is_clean(self, z: torch.Tensor) -> bool:
