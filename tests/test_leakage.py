@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from prepared import train_cfg
 
 from pipeline.data.patches import pad_cube
 from pipeline.data.prepared import Prepared, split_arrays
@@ -16,7 +17,6 @@ from pipeline.evaluation.inference import scene_logits
 from pipeline.models import MODELS, build_model
 from pipeline.params import defaults
 from pipeline.training.classifier import ClassifierTask
-from prepared import train_cfg
 
 K, P, C = 14, 9, 3
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -112,10 +112,18 @@ def main() -> None:
                     help="another `dvc exp run -S` override")  # fmt: skip
     ap.add_argument("--publish-only", action="store_true",
                     help="copy the current report without running (after an interrupted run)")  # fmt: skip
-    ap.add_argument("--table", action="store_true",
-                    help="print every published protocol as one markdown table, run nothing")
-    ap.add_argument("--from", dest="source", type=Path, default=None,
-                    help="publish the study in this folder (made elsewhere) instead of running")
+    ap.add_argument(
+        "--table",
+        action="store_true",
+        help="print every published protocol as one markdown table, run nothing",
+    )
+    ap.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        help="publish the study in this folder (made elsewhere) instead of running",
+    )
     ap.add_argument("--made-by", default=None, help="with --from: the command that made it")  # fmt: skip
     args = ap.parse_args()
     if args.table:
