@@ -16,7 +16,7 @@ REPO=$(pwd)
 WORK=${WORK:-/tmp/work}
 OUT=${OUT:-/tmp/out}
 RAW=$(realpath "${RAW:-data/raw/indian_pines}")
-DEADLINE=${DEADLINE:-470}
+DEADLINE=${DEADLINE:-400}
 SEEDS=${SEEDS:-"[0]"}
 EPOCHS=${EPOCHS:-100}
 PATIENCE=${PATIENCE:-20}
@@ -78,23 +78,33 @@ folder LFbase "${common[@]}" "${lf[@]}" "study.models=$cnns" "study.gpus_per_cel
 folder LFflips "${common[@]}" "${lf[@]}" "study.models=$cnns" "study.gpus_per_cell=$GPU_SHARE" \
   train.augment=flips
 folder LFsvm "${common[@]}" "${lf[@]}" "study.models=[svm, rf]" study.gpus_per_cell=0 \
-  study.cpus_per_cell=1
+  study.cpus_per_cell=2
 folder P0 "${common[@]}" study.protocol=paper "study.models=$cnns" "study.seeds=[0, 1, 2]" \
   "study.gpus_per_cell=$GPU_SHARE"
 folder P1 "${common[@]}" study.protocol=paper "study.models=[hybridsn]" "study.seeds=[0, 1, 2]" \
   split.val_fraction=0 "study.gpus_per_cell=$GPU_SHARE"
 folder P2 "${common[@]}" study.protocol=paper "study.models=[hybridsn]" "study.seeds=[0, 1, 2]" \
   split.val_fraction=0 pca.whiten=true pca.scale=none "study.gpus_per_cell=$GPU_SHARE"
-pids=()
-for d in LFflips LFbase LFsvm P0 P1 P2; do study "$d" & pids+=($!); sleep 2; done
-say "started: LFflips LFbase LFsvm P0 P1 P2"
-for pid in "${pids[@]}"; do
-  while kill -0 "$pid" 2>/dev/null; do
-    [ "$(elapsed)" -ge "$DEADLINE" ] && break 2
-    sleep 5
-  done
+# the leak-free grid first; the paper protocol once it is done, or at PAPER_AT seconds
+lf_pids=()
+for d in LFflips LFbase LFsvm; do study "$d" & lf_pids+=($!); sleep 2; done
+say "started: LFflips LFbase LFsvm"
+PAPER_AT=${PAPER_AT:-$(( DEADLINE - 170 ))}
+p_pids=()
+while :; do
+  running=0
+  for pid in "${lf_pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
+  if [ ${#p_pids[@]} -eq 0 ] && { [ $running -eq 0 ] || [ "$(elapsed)" -ge "$PAPER_AT" ]; }; then
+    for d in P0 P1 P2; do study "$d" & p_pids+=($!); sleep 2; done
+    say "started: P0 P1 P2"
+  fi
+  others=0
+  for pid in "${p_pids[@]}"; do kill -0 "$pid" 2>/dev/null && others=1; done
+  [ $running -eq 0 ] && [ ${#p_pids[@]} -gt 0 ] && [ $others -eq 0 ] && break
+  [ "$(elapsed)" -ge "$DEADLINE" ] && { say "deadline: stopping the studies"; break; }
+  sleep 5
 done
-say "studies: $(for d in LFflips LFbase LFsvm P0 P1 P2; do grep -c 'done on' "$WORK/$d/params.log" | sed "s/^/$d /"; done | tr '\n' ' ')"
+say "cells done: $(for d in LFflips LFbase LFsvm P0 P1 P2; do echo -n "$d=$(grep -c 'done on' "$WORK/$d/params.log" 2>/dev/null) "; done)"
 pkill -f "pipeline.cli --params params.yaml study" 2>/dev/null
 
 # svm and rf join each leak-free folder; each is then summarised over all six models
@@ -102,12 +112,17 @@ for d in LFbase LFflips; do
   cp -r "$WORK/LFsvm/reports" "$WORK/LFsvm/models" "$WORK/$d/" 2>/dev/null
   (cd "$WORK/$d" && $PY - <<'EOF'
 import yaml
+import glob
 p = yaml.safe_load(open("params.yaml"))
-p["study"]["models"] += ["svm", "rf"]
+folds = p["study"]["folds"] or list(range(p["split"]["folds"]))
+done = lambda m: all(glob.glob(f"reports/*/study/leakfree/cells/{m}-seed*-fold{k}/metrics.json")
+                     for k in folds)
+p["study"]["models"] = [m for m in p["study"]["models"] + ["svm", "rf"] if done(m)]
+print("summarising", p["study"]["models"])
 yaml.safe_dump(p, open("params.all.yaml", "w"), sort_keys=False)
 EOF
   )
-  (cd "$WORK/$d" && timeout 150 $HSI --params params.all.yaml study > params.all.log 2>&1) &
+  (cd "$WORK/$d" && timeout 120 $HSI --params params.all.yaml study > params.all.log 2>&1) &
 done
 wait
 say "summaries: $(ls "$WORK"/*/reports/indian_pines/study/*/summary.md 2>/dev/null | tr '\n' ' ')"

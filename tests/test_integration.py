@@ -47,9 +47,10 @@ def repo(tmp_path_factory):
     params["pca"]["components"] = 16
     params["patch"]["size"] = 11
     params["train"].update(
-        models=["hybridsn", "hybridsn_se"], seeds=[0, 1], epochs=1, batch_size=64, device="cpu"
+        models=["hybridsn", "hybridsn_se"], seeds=[0, 1], epochs=1, batch_size=64
     )
-    params["evaluate"]["batch_size"] = 256
+    params["compute"]["device"] = "cpu"
+    params["inference"]["batch_size"] = 256
     params["denoise"].update(
         {
             "depth": 4,
@@ -127,7 +128,9 @@ def test_disjoint_experiment_has_no_leakage(repo, tmp_path):
     shared, env, _ = repo
     root = _own_copy(shared, tmp_path / "own")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["protocol"] = "leakfree"
+    params["protocol"] = "custom"
+    params["split"].update(mode="disjoint", guard="window")
+    params["pca"]["fit_on"] = "train"
     (root / "params.disjoint.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run([str(BIN / "hsi"), "--params", "params.disjoint.yaml", "prepare"], root, env)
     split = json.loads((root / "data/prepared/indian_pines/split.json").read_text())
@@ -136,7 +139,25 @@ def test_disjoint_experiment_has_no_leakage(repo, tmp_path):
     assert split["leakage"]["window"]["train_to_test_pixels"] == 0
     assert split["leakage"]["window"]["train_to_val_pixels"] == 0
     meta = json.loads((root / "data/prepared/indian_pines/meta.json").read_text())
-    assert meta["protocol"] == "leakfree"
+    assert meta["protocol"] == "custom"
+
+
+def test_leakfree_experiment_is_a_kfold_with_masked_inputs(repo, tmp_path):
+    shared, env, _ = repo
+    root = _own_copy(shared, tmp_path / "own")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["protocol"] = "leakfree"
+    params["split"].update(folds=3, fold=1)
+    (root / "params.leakfree.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([str(BIN / "hsi"), "--params", "params.leakfree.yaml", "prepare"], root, env)
+    out = root / "data/prepared/indian_pines"
+    split = json.loads((out / "split.json").read_text())
+    assert split["mode"] == "kfold" and split["fold"] == 1 and split["folds"] == 3
+    assert split["leakage"]["window"]["train_to_test_pixels"] == 0
+    arrays = np.load(out / "split.npz")
+    labels = np.load(out / "labels.npy")
+    assert ((arrays["folds"] >= 0) == (labels > 0)).all()
+    assert not (arrays["view_train"] & arrays["test"]).any()
 
 
 def test_fixed_split_from_a_geotiff_mask_runs_prepare_to_report(repo, tmp_path):
@@ -153,6 +174,7 @@ def test_fixed_split_from_a_geotiff_mask_runs_prepare_to_report(repo, tmp_path):
     params["split"].update(mode="fixed", fixed={"train": "masks/train.tif", "test": None})
     params["pca"]["fit_on"] = "train"
     params["train"].update(models=["hybridsn"], seeds=[0])
+    params["denoise"]["robustness_model"] = "hybridsn"
     params["tracking"]["enabled"] = False
     (root / "params.fixed.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     hsi = [str(BIN / "hsi"), "--params", "params.fixed.yaml"]
@@ -232,7 +254,8 @@ def test_report_summary(repo):
     summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
     assert summary["baseline"] == "hybridsn"
     assert summary["models"]["hybridsn"]["oa"]["n"] == 2
-    assert [r["seed"] for r in summary["comparisons"]["hybridsn_se"]["mcnemar"]] == [0, 1]
+    mcnemar = summary["comparisons"]["hybridsn"]["hybridsn_se"]["mcnemar"]
+    assert [r["seed"] for r in mcnemar] == [0, 1]
     run = json.loads((root / "reports/indian_pines/hybridsn-seed1/metrics.json").read_text())
     assert summary["models"]["hybridsn"]["runs"]["hybridsn-seed1"]["oa"] == run["oa"]
     md = (root / "reports/indian_pines/summary.md").read_text()
@@ -376,12 +399,13 @@ def test_dvc_queue_runs_two_experiments_in_parallel_into_one_mlflow_store(repo, 
     assert ["lr-a", "hybridsn", "0"] in named and ["lr-b", "hybridsn", "0"] in named
 
 
-def test_dvc_plots_show_draws_every_trained_variant_on_one_chart(repo):
-    """dvc.yaml's top-level `training_curves`: one chart with the validation curve of each
-    variant trained (seed 0); the variants not in train.models are reported missing."""
+def test_dvc_plots_show_draws_every_trained_run_on_one_chart(repo):
+    """`report`'s val_oa.csv with the by_run template: one chart with the validation curve of
+    every trained run, whatever train.models holds (no model name in dvc.yaml)."""
     root, env, _ = repo
     shown = json.loads(_run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
-    (chart,) = shown["data"]["training_curves"]
+    (chart,) = shown["data"]["reports/indian_pines/val_oa.csv"]
     values = chart["content"]["data"]["values"]
-    assert {v["filename"].split("/")[0] for v in values} == {"hybridsn-seed0", "hybridsn_se-seed0"}
+    runs = {"hybridsn-seed0", "hybridsn-seed1", "hybridsn_se-seed0", "hybridsn_se-seed1"}
+    assert {v["run"] for v in values} == runs
     assert all("val_oa" in v for v in values)

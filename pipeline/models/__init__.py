@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from pipeline.errors import ParamsError
@@ -145,12 +146,16 @@ REGISTRY: dict[str, ModelSpec] = {
         _cnn(HybridSN2D3D, "the reversed order: a 2-D conv, then the 3-D convs"),
         _classical(
             KernelSVM,
-            lambda x, y, n, *, groups=None, seed=0: fit_svm(x, y, n, groups=groups, seed=seed),
+            lambda x, y, n, *, groups=None, seed=0: fit_svm(
+                x, y, n, groups=groups, seed=seed, n_jobs=torch.get_num_threads()
+            ),
             "RBF SVM on the pixel's standardised spectrum; C and γ by inner CV over spatial blocks",
         ),
         _classical(
             RandomForest,
-            lambda x, y, n, *, groups=None, seed=0: fit_rf(x, y, n, seed=seed),
+            lambda x, y, n, *, groups=None, seed=0: fit_rf(
+                x, y, n, seed=seed, n_jobs=torch.get_num_threads()
+            ),
             "random forest (200 trees) on the pixel's spectrum",
         ),
         _denoiser(
