@@ -122,7 +122,7 @@ print("summarising", p["study"]["models"])
 yaml.safe_dump(p, open("params.all.yaml", "w"), sort_keys=False)
 EOF
   )
-  (cd "$WORK/$d" && timeout 120 $HSI --params params.all.yaml study > params.all.log 2>&1) &
+  (cd "$WORK/$d" && timeout ${SUMMARY_TIMEOUT:-60} $HSI --params params.all.yaml study > params.all.log 2>&1) &
 done
 wait
 say "summaries: $(ls "$WORK"/*/reports/indian_pines/study/*/summary.md 2>/dev/null | tr '\n' ' ')"
