@@ -66,7 +66,7 @@ say "ray up"
 
 # (E) cells per hour: 4 hybridsn cells (leak-free folds 0-3), 10 epochs each
 folder E "${common[@]}"
-for g in ${THROUGHPUT_GPUS:-1 0.25}; do
+for g in ${THROUGHPUT_GPUS-1 0.25}; do
   (cd "$WORK/E" && $PY "$REPO/bench/recipe.py" --params params.yaml --raw "$RAW" --out "thr$g" \
      --recipes base --folds 0 1 2 3 --epochs 10 --early-stopping 0 --engine ray --address auto \
      --gpus-per-cell "$g" > "thr$g.log" 2>&1)
@@ -87,16 +87,16 @@ folder P2 "${common[@]}" study.protocol=paper "study.models=[hybridsn]" "study.s
   split.val_fraction=0 pca.whiten=true pca.scale=none "study.gpus_per_cell=$GPU_SHARE"
 # the leak-free grid first; the paper protocol once it is done, or at PAPER_AT seconds
 lf_pids=()
-for d in LFflips LFbase LFsvm; do study "$d" & lf_pids+=($!); sleep 2; done
-say "started: LFflips LFbase LFsvm"
+for d in ${LF_STUDIES-LFflips LFbase LFsvm}; do study "$d" & lf_pids+=($!); sleep 2; done
+say "started: ${LF_STUDIES-LFflips LFbase LFsvm}"
 PAPER_AT=${PAPER_AT:-$(( DEADLINE - 170 ))}
 p_pids=()
 while :; do
   running=0
   for pid in "${lf_pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
   if [ ${#p_pids[@]} -eq 0 ] && { [ $running -eq 0 ] || [ "$(elapsed)" -ge "$PAPER_AT" ]; }; then
-    for d in P0 P1 P2; do study "$d" & p_pids+=($!); sleep 2; done
-    say "started: P0 P1 P2"
+    for d in ${P_STUDIES-P0 P1 P2}; do study "$d" & p_pids+=($!); sleep 2; done
+    say "started: ${P_STUDIES-P0 P1 P2}"
   fi
   others=0
   for pid in "${p_pids[@]}"; do kill -0 "$pid" 2>/dev/null && others=1; done
@@ -109,6 +109,7 @@ pkill -f "pipeline.cli --params params.yaml study" 2>/dev/null
 
 # svm and rf join each leak-free folder; each is then summarised over all six models
 for d in LFbase LFflips; do
+  [ -d "$WORK/$d/reports" ] || continue
   cp -r "$WORK/LFsvm/reports" "$WORK/LFsvm/models" "$WORK/$d/" 2>/dev/null
   (cd "$WORK/$d" && $PY - <<'EOF'
 import yaml

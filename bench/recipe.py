@@ -9,6 +9,10 @@ by fold, with the corrected resampled t-test (the folds' training sets overlap).
 
     python bench/recipe.py --out recipe --recipes base flips flips+ls
     python bench/recipe.py --out recipe --engine ray --gpus-per-cell 0.25 --epochs 100
+
+``--studies base=DIR flips=DIR`` instead reads two finished leak-free studies (``hsi study`` run
+once per recipe on the same folds, as ``bench/gpu_session.sh`` does): the recipe is chosen on the
+cells' validation OA, and only then its effect on test OA is reported, paired by fold, per model.
 """
 
 from __future__ import annotations
@@ -66,9 +70,81 @@ def _cell(payload: dict, shared: dict, ctx) -> dict:
     }
 
 
+def _study_cells(folder: Path) -> dict[str, dict[tuple[int, int], dict]]:
+    """model -> (fold, seed) -> {val_oa, oa, train_pixels, test_pixels} of a study's cells."""
+    cells: dict[str, dict[tuple[int, int], dict]] = {}
+    for train_json in sorted(folder.glob("reports/*/study/leakfree/cells/*/train.json")):
+        t = json.loads(train_json.read_text())
+        m = json.loads((train_json.parent / "metrics.json").read_text())
+        cells.setdefault(t["model"], {})[(t["fold"], t["seed"])] = {
+            "val_oa": t.get("best_val_oa"),
+            "oa": m["oa"],
+            "train_pixels": t.get("train_pixels"),
+            "test_pixels": m["n_test"],
+        }
+    return cells
+
+
+def compare_studies(studies: dict[str, Path]) -> tuple[dict, str]:
+    """Choose among recipes run as whole studies on validation OA, then report test OA."""
+    by = {name: _study_cells(folder) for name, folder in studies.items()}
+    names = list(by)
+    base = names[0]
+    models = [m for m in by[base] if all(m in by[n] for n in names) and by[base][m]]
+    models = [m for m in models if next(iter(by[base][m].values()))["val_oa"] is not None]
+    out: dict = {"recipes": names, "models": {}}
+    lines = [
+        "| model | recipe | cells | val OA (%) | test OA (%) | ΔOA on test vs "
+        f"`{base}` (fold-paired) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    val_means = {}
+    for m in models:
+        out["models"][m] = {}
+        for n in names:
+            c = by[n][m]
+            val, test = [x["val_oa"] for x in c.values()], [x["oa"] for x in c.values()]
+            row = {"cells": len(c), "val_oa": float(np.mean(val)), "oa": float(np.mean(test))}
+            val_means.setdefault(n, []).extend(val)
+            vs = "–"
+            if n != base:
+                cmp = fold_comparison(
+                    {k: x["oa"] for k, x in by[base][m].items()},
+                    {k: x["oa"] for k, x in c.items()},
+                    model=n, baseline=base,
+                    n_train={k[0]: x["train_pixels"] for k, x in c.items()},
+                    n_test={k[0]: x["test_pixels"] for k, x in c.items()},
+                )  # fmt: skip
+                row["against_base"] = cmp
+                vs = cmp["verdict_line"]
+            out["models"][m][n] = row
+            lines.append(
+                f"| `{m}` | `{n}` | {row['cells']} | {100 * row['val_oa']:.2f} | "
+                f"{100 * row['oa']:.2f} | {vs} |"
+            )
+    chosen = max(names, key=lambda n: np.mean(val_means.get(n, [-1])))
+    out["val_oa_mean"] = {n: float(np.mean(v)) for n, v in val_means.items()}
+    out["chosen"] = chosen
+    head = [
+        "| recipe | CNN cells | mean validation OA (%) |",
+        "|---|---:|---:|",
+        *(
+            f"| `{n}` | {len(val_means.get(n, []))} | {100 * out['val_oa_mean'].get(n, np.nan):.2f} |"
+            for n in names
+        ),  # fmt: skip
+        "",
+        f"Chosen on the mean validation OA of all CNN cells each recipe finished: `{chosen}`. "
+        "Its effect on test OA, per model, paired by fold (corrected resampled t-test):",
+        "",
+    ]
+    return out, "\n".join(head + lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--studies", nargs="+", metavar="NAME=DIR", default=None,
+                    help="compare finished studies, one per recipe, instead of training")  # fmt: skip
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", default="data/raw/indian_pines", help="a fetched scene folder")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -82,6 +158,14 @@ def main() -> None:
     ap.add_argument("--cpus-per-cell", type=float, default=1)
     ap.add_argument("--gpus-per-cell", type=float, default=None)
     args = ap.parse_args()
+    if args.studies:
+        studies = {kv.split("=", 1)[0]: Path(kv.split("=", 1)[1]) for kv in args.studies}
+        out, md = compare_studies(studies)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "recipe.json").write_text(json.dumps(out, indent=2) + "\n")
+        (args.out / "recipe.md").write_text(md)
+        print(md)
+        return
 
     common = {"train.epochs": args.epochs, "train.early_stopping": args.early_stopping}
     params = load_params(args.params).with_protocol("leakfree").override(common)

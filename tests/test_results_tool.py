@@ -55,18 +55,21 @@ def test_table_lists_every_protocol_and_variant_with_its_verdict(tmp_path):
         d.mkdir(parents=True)
         row = {k: stat for k in ("oa", "aa", "kappa")}
         row |= {"epochs_run": {"mean": 30.0}, "best_epoch": {"mean": 20.0}}
+        row |= {"fold_oa": {"mean": 0.98, "std": 0.02, "n": 5}}
         comp = {"verdict": verdict, "test": {"p_value": 0.012}}
         summary = {
             "protocol": protocol,
+            "seeds": [0, 1, 2],
+            "folds": [0, 1, 2, 3, 4] if protocol == "leakfree" else [0],
             "models": {"hybridsn": row, "hybridsn_se": row},
             "comparisons": {"hybridsn": {"hybridsn_se": comp}},
         }
         (d / "summary.json").write_text(json.dumps(summary))
     lines = results.table(tmp_path, "indian_pines").splitlines()
     assert len(lines) == 2 + 4
-    assert lines[2].startswith("| `leakfree` | `hybridsn` | 99.00 ± 0.10 |")
-    assert lines[2].endswith("| 30 (20) | baseline | – |")
+    assert lines[2].startswith("| `leakfree` | `hybridsn` | 3 × 5 | 99.00 ± 0.10 |")
+    assert lines[2].endswith("| 98.00 ± 2.00 | 30 (20) | baseline | – |")
     assert lines[5].endswith(
-        "| `hybridsn_se` | 99.00 ± 0.10 | 99.00 ± 0.10 | 99.00 ± 0.10 | 30 (20) | "
+        "| `hybridsn_se` | 3 × 1 | 99.00 ± 0.10 | 99.00 ± 0.10 | 99.00 ± 0.10 | – | 30 (20) | "
         "better (p = 0.012) | – |"
     )

@@ -12,6 +12,7 @@ the branch there when it ends, so such commits leave the branch (they stay in ``
 
     python tools/results.py --protocol leakfree --seeds 0 1 2
     python tools/results.py --protocol paper --seeds 0 1 2 --set "study.models=[hybridsn]"
+    python tools/results.py --protocol paper --name paper-noval --set split.val_fraction=0 ...
 """
 
 from __future__ import annotations
@@ -46,11 +47,18 @@ def study_dir(root: Path, dataset: str, protocol: str) -> Path:
 
 
 def publish(
-    root: Path, dataset: str, protocol: str, shown: str, stamp: str, src: Path | None = None
+    root: Path,
+    dataset: str,
+    protocol: str,
+    shown: str,
+    stamp: str,
+    src: Path | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Copy the study's outputs into the results folder, the command written on top."""
+    """Copy the study's outputs into the results folder ``name`` (default: the protocol's), the
+    command written on top."""
     src = src or study_dir(root, dataset, protocol)
-    dst = root / "reports" / "results" / dataset / protocol
+    dst = root / "reports" / "results" / dataset / (name or protocol)
     summary = json.loads((src / "summary.json").read_text())
     if summary["protocol"] != protocol:
         sys.exit(f"{src / 'summary.json'}: protocol {summary['protocol']!r}, expected {protocol!r}")
@@ -80,26 +88,31 @@ def _verdict(s: dict, baseline: str, model: str) -> str:
     return t["verdict"] + (f" (p = {p:.2g})" if p is not None else "")
 
 
+def _pm(stat: dict) -> str:
+    if stat.get("n", 2) < 2:
+        return f"{100 * stat['mean']:.2f}"
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
 def table(root: Path, dataset: str) -> str:
     """One markdown table of every published protocol (the README's Results section)."""
     lines = [
-        "| protocol | model | OA (%) | AA (%) | kappa (%) | epochs run (best) | vs `hybridsn` "
-        "| vs `svm` |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        "| table | model | seeds × folds | OA (%) | AA (%) | kappa (%) | fold OA (%) "
+        "| epochs run (best) | vs `hybridsn` | vs `svm` |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for path in sorted((root / "reports" / "results" / dataset).glob("*/summary.json")):
         s = json.loads(path.read_text())
+        grid = f"{len(s['seeds'])} × {len(s['folds'])}"
         for m, r in s["models"].items():
-            pm = {
-                k: f"{100 * r[k]['mean']:.2f} ± {100 * r[k]['std']:.2f}"
-                for k in ("oa", "aa", "kappa")
-            }
             epochs = f"{r['epochs_run']['mean']:.0f} ({r['best_epoch']['mean']:.0f})"
             if not r["epochs_run"]["mean"]:
                 epochs = "–"
+            fold = _pm(r["fold_oa"]) if len(s["folds"]) > 1 else "–"
             lines.append(
-                f"| `{s['protocol']}` | `{m}` | {pm['oa']} | {pm['aa']} | {pm['kappa']} | "
-                f"{epochs} | {_verdict(s, 'hybridsn', m)} | {_verdict(s, 'svm', m)} |"
+                f"| `{path.parent.name}` | `{m}` | {grid} | {_pm(r['oa'])} | {_pm(r['aa'])} | "
+                f"{_pm(r['kappa'])} | {fold} | {epochs} | {_verdict(s, 'hybridsn', m)} | "
+                f"{_verdict(s, 'svm', m)} |"
             )
     return "\n".join(lines)
 
@@ -125,6 +138,9 @@ def main() -> None:
         help="publish the study in this folder (made elsewhere) instead of running",
     )
     ap.add_argument("--made-by", default=None, help="with --from: the command that made it")  # fmt: skip
+    ap.add_argument("--commit", default=None, help="with --from: the code commit that made it")  # fmt: skip
+    ap.add_argument("--name", default=None,
+                    help="results folder (default: the protocol), e.g. paper-noval for a variant")  # fmt: skip
     args = ap.parse_args()
     if args.table:
         print(table(ROOT, yaml.safe_load((ROOT / "params.yaml").read_text())["dataset"]["name"]))
@@ -145,8 +161,9 @@ def main() -> None:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
+        rev = args.commit or rev
         stamp = f"{datetime.date.today()}, code at commit {rev or 'unknown'}"
-        dst = publish(ROOT, dataset, args.protocol, shown, stamp, args.source)
+        dst = publish(ROOT, dataset, args.protocol, shown, stamp, args.source, args.name)
         print(f"results written to {dst}")
     except subprocess.CalledProcessError as err:
         sys.exit(f"{shown}: failed with exit status {err.returncode}; nothing published")

@@ -178,6 +178,9 @@ def summarize(
 
 
 def _pm(stat: dict, scale: float = 100.0, digits: int = 2) -> str:
+    """mean ± sample std; a single value (one seed) has no spread to show."""
+    if stat.get("n", 2) < 2:
+        return f"{scale * stat['mean']:.{digits}f}"
     return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
 
 
@@ -236,7 +239,11 @@ def summary_markdown(s: dict) -> str:
         "of the best validation OA is scored (classical baselines: C/γ by inner spatial CV).",
         f"Seeds: {', '.join(map(str, s['seeds']))}"
         + (f"; folds: {', '.join(map(str, s['folds']))}" if many_folds else "")
-        + " (mean ± sample std over seeds of the scores pooled over folds).",
+        + (
+            " (mean ± sample std over seeds of the scores pooled over folds)."
+            if len(s["seeds"]) > 1
+            else " (one seed: OA, AA and kappa of the predictions pooled over folds)."
+        ),
         "",
         "| model | parameters | OA (%) | AA (%) | kappa (%) | fold OA (%) | epochs run "
         "| best epoch | train time (s) | scene map (s) |",
