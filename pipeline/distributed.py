@@ -138,6 +138,22 @@ class _Store:
         return len(self.running), sum(n > 1 for n in self.attempts.values())
 
 
+_waiter = None
+
+
+def _wait_keeping_cpu(ref: Any) -> Any:
+    """`ray.get(ref)` from a helper thread: Ray lends the CPU of a task whose main thread
+    blocks in ray.get to queued tasks, which would run more cells than CPUs."""
+    global _waiter
+    import ray
+
+    if _waiter is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell-state")
+    return _waiter.submit(ray.get, ref).result()
+
+
 class _ActorBackend:
     """`CellState` backend that calls the store actor and waits for each call."""
 
@@ -145,14 +161,10 @@ class _ActorBackend:
         self.actor = actor
 
     def get(self, key: str, name: str) -> tuple[bool, Any]:
-        import ray
-
-        return ray.get(self.actor.get.remote(key, name))
+        return _wait_keeping_cpu(self.actor.get.remote(key, name))
 
     def put(self, key: str, name: str, value: Any) -> None:
-        import ray
-
-        ray.get(self.actor.put.remote(key, name, value))
+        _wait_keeping_cpu(self.actor.put.remote(key, name, value))
 
 
 def _cpu_count() -> int:
@@ -194,7 +206,7 @@ def _ray_cell(fn, key, payload, shared, store, cpus, gpus):
         hostname=socket.gethostname(),
         pid=os.getpid(),
     )
-    attempt = ray.get(store.begin.remote(key, node))
+    attempt = _wait_keeping_cpu(store.begin.remote(key, node))
     _limit_threads(cpus)
     t0 = time.perf_counter()
     ctx = CellContext(key, attempt, node, CellState(key, _ActorBackend(store)), cpus, gpus)

@@ -331,6 +331,31 @@ def test_two_node_cluster_on_loopback(ns, tmp_path):
     assert during and not not_loopback, f"Ray listens beyond loopback: {not_loopback}"
 
 
+@pytest.mark.integration
+def test_cells_blocked_on_ctx_state_keep_their_cpu(ns, tmp_path):
+    """Ray lends a task's CPU to queued tasks while the task's main thread waits in ray.get;
+    state calls must not, or cells that checkpoint every epoch overrun cpus_per_cell."""
+    out = run_driver(
+        ns,
+        tmp_path,
+        """
+        def chatty_cell(payload, shared, ctx):
+            t0 = time.time()
+            for epoch in range(10):
+                ctx.state.put("ckpt", bytes(200_000))
+                ctx.state.get("ckpt")
+                time.sleep(0.1)
+            return [t0, time.time()]
+
+        with d.session(num_cpus=1):
+            spans = d.run_cells(chatty_cell, [(f"c{i}", i) for i in range(3)], progress=False)
+        json.dump(sorted(spans.values()), open(sys.argv[1], "w"))
+        """,
+    )
+    overlaps = [(a, b) for a, b in itertools.pairwise(out) if b[0] < a[1]]
+    assert not overlaps, f"cells overlapped on a 1-CPU Ray: {out}"
+
+
 def first_attempt_past(progress: Path, epoch: int) -> bool:
     """True once the cell's first attempt has stored the state of `epoch`."""
     fields = progress.read_text().split() if progress.exists() else []
