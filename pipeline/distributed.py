@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -297,10 +298,10 @@ def session(
 
 def _check_cells(cells: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     cells = list(cells)
-    keys = [k for k, _ in cells]
-    if any(not isinstance(k, str) for k in keys):
+    counts = Counter(k for k, _ in cells)
+    if any(not isinstance(k, str) for k in counts):
         raise TypeError("cell keys must be strings")
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    dupes = sorted(k for k, n in counts.items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate cell keys: {dupes}")
     return cells
@@ -313,17 +314,19 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, desc="cells", unit="cell", disable=not enabled)
-        self.failed = 0
+        self.failed = self.retried = 0
 
     def status(self, running: int, retried: int) -> None:
+        self.retried = retried
         self.bar.set_postfix(running=running, retried=retried, failed=self.failed, refresh=True)
 
     def done(self, info: CellInfo, result: Any) -> None:
         summary = result.get("summary") if isinstance(result, Mapping) else None
         log.info(
-            "cell %s done on %s (%s) in %.1f s, attempt %d%s",
+            "cell %s done on %s %s (node %s) in %.1f s, attempt %d%s",
             info.key,
             info.node.hostname,
+            info.node.ip,
             info.node.node_id[:8],
             info.seconds,
             info.attempt,
@@ -337,6 +340,7 @@ class _Progress:
         self.bar.update(1)
 
     def close(self) -> None:
+        self.status(0, self.retried)
         self.bar.close()
 
 
