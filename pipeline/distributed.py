@@ -32,7 +32,7 @@ _POLL_S = 0.5
 
 @dataclass(frozen=True)
 class ClusterInfo:
-    """What the cells will run on: alive nodes and their total CPUs and GPUs."""
+    """What the cells will run on: alive nodes, total CPUs and GPUs, (CPUs, GPUs) per node."""
 
     engine: str
     nodes: int
@@ -40,6 +40,7 @@ class ClusterInfo:
     gpus: float
     address: str | None = None
     node_ids: tuple[str, ...] = ()
+    node_sizes: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,13 +244,18 @@ def cluster_info() -> ClusterInfo:
         gpus=float(res.get("GPU", 0)),
         address=address,
         node_ids=tuple(n["NodeID"] for n in alive),
+        node_sizes=tuple(
+            (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in alive
+        ),
     )
 
 
 def _local_info() -> ClusterInfo:
     torch = sys.modules.get("torch")
     gpus = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
-    return ClusterInfo("serial", 1, float(_cpu_count()), float(gpus), None, ("local",))
+    cpus, gpus = float(_cpu_count()), float(gpus)
+    return ClusterInfo("serial", 1, cpus, gpus, None, ("local",), ((cpus, gpus),))
 
 
 @contextlib.contextmanager
@@ -344,6 +350,15 @@ class _Progress:
         self.bar.close()
 
 
+def _check_fits(cpus: float, gpus: float, nodes: Sequence[tuple[float, float]]) -> None:
+    """Refuse cells that no node (CPUs, GPUs) can hold: Ray would queue them forever."""
+    if not any(c >= cpus and g >= gpus for c, g in nodes):
+        raise ValueError(
+            f"no node can run a cell with {cpus} CPUs and {gpus} GPUs; "
+            f"nodes have (CPUs, GPUs): {sorted(nodes)}"
+        )
+
+
 def gpus_for_cells(gpus_per_cell: float | None, cluster_gpus: float) -> float:
     """GPUs per cell: as asked, or 1 when the cluster has GPUs and 0 when it has none."""
     if gpus_per_cell is None:
@@ -383,10 +398,13 @@ def run_cells(
         raise ValueError(f"cpus_per_cell must be > 0, got {cpus_per_cell}")
     cells = _check_cells(cells)
     if engine == "serial":
-        gpus = gpus_for_cells(gpus_per_cell, _local_info().gpus)
+        local = _local_info()
+        gpus = gpus_for_cells(gpus_per_cell, local.gpus)
+        _check_fits(cpus_per_cell, gpus, [(local.cpus, local.gpus)])
         return _run_serial(fn, cells, cpus_per_cell, gpus, shared, on_result, progress)
     with session("ray", address) as info:
         gpus = gpus_for_cells(gpus_per_cell, info.gpus)
+        _check_fits(cpus_per_cell, gpus, info.node_sizes)
         return _run_ray(fn, cells, cpus_per_cell, gpus, shared, max_retries, on_result, progress)
 
 

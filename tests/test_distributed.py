@@ -92,7 +92,7 @@ def write_driver(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def run_driver(ns, tmp_path: Path, body: str, *args: str, timeout: float = 90) -> dict:
+def run_driver(ns, tmp_path: Path, body: str, *args: str, timeout: float = 240) -> dict:
     """Run CELLS + body in the namespace with argv[1] = a JSON output path; its JSON."""
     out = tmp_path / "out.json"
     proc = ns.python(write_driver(tmp_path, body), str(out), *args, timeout=timeout)
@@ -153,6 +153,11 @@ def test_cell_keys_must_be_unique_strings():
         d.run_cells(lambda p, s, c: p, [("a", 1), ("a", 2)], engine="serial")
     with pytest.raises(TypeError):
         d.run_cells(lambda p, s, c: p, [(1, 1)], engine="serial")
+
+
+def test_cells_larger_than_every_node_are_refused():
+    with pytest.raises(ValueError, match="no node can run a cell with 10000 CPUs"):
+        d.run_cells(lambda p, s, c: p, [("a", 1)], engine="serial", cpus_per_cell=10_000)
 
 
 def test_gpus_per_cell_defaults_to_one_only_when_the_cluster_has_gpus():
@@ -238,6 +243,10 @@ def test_embedded_ray_matches_serial_and_reports_failed_cells(ns, tmp_path):
                 two = d.run_cells(torch_threads, [("c", 0)], engine=engine, cpus_per_cell=2)
                 out[engine]["threads"] = [one, two]
                 try:
+                    d.run_cells(torch_threads, [("x", 0)], engine=engine, cpus_per_cell=1000)
+                except ValueError as err:
+                    out[engine]["too_big"] = str(err)
+                try:
                     d.run_cells(fails_on_two, [("ok", 1), ("bad", 2)], engine=engine)
                 except d.CellsFailed as err:
                     out[engine]["failed"] = [err.results, sorted(err.errors), str(err)]
@@ -257,6 +266,7 @@ def test_embedded_ray_matches_serial_and_reports_failed_cells(ns, tmp_path):
         failed = out[engine]["failed"]
         assert failed[:2] == [{"ok": 1}, ["bad"]] and "ValueError: bad fold" in failed[2], failed
         assert out[engine]["value_error"]
+        assert "no node can run a cell with 1000 CPUs" in out[engine]["too_big"]
         one, two = out[engine]["threads"]
         assert [t for t, _ in one.values()] == [1, 1] and two["c"][0] == 2, (engine, one, two)
     ray_results = out["ray"]["results"]
