@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ _POLL_S = 0.5
 
 @dataclass(frozen=True)
 class ClusterInfo:
-    """What the cells will run on: alive nodes and their total CPUs and GPUs."""
+    """What the cells will run on: alive nodes, total CPUs and GPUs, (CPUs, GPUs) per node."""
 
     engine: str
     nodes: int
@@ -39,6 +40,7 @@ class ClusterInfo:
     gpus: float
     address: str | None = None
     node_ids: tuple[str, ...] = ()
+    node_sizes: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,22 @@ class _Store:
         return len(self.running), sum(n > 1 for n in self.attempts.values())
 
 
+_waiter = None
+
+
+def _wait_keeping_cpu(ref: Any) -> Any:
+    """`ray.get(ref)` from a helper thread: Ray lends the CPU of a task whose main thread
+    blocks in ray.get to queued tasks, which would run more cells than CPUs."""
+    global _waiter
+    import ray
+
+    if _waiter is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell-state")
+    return _waiter.submit(ray.get, ref).result()
+
+
 class _ActorBackend:
     """`CellState` backend that calls the store actor and waits for each call."""
 
@@ -145,14 +163,10 @@ class _ActorBackend:
         self.actor = actor
 
     def get(self, key: str, name: str) -> tuple[bool, Any]:
-        import ray
-
-        return ray.get(self.actor.get.remote(key, name))
+        return _wait_keeping_cpu(self.actor.get.remote(key, name))
 
     def put(self, key: str, name: str, value: Any) -> None:
-        import ray
-
-        ray.get(self.actor.put.remote(key, name, value))
+        _wait_keeping_cpu(self.actor.put.remote(key, name, value))
 
 
 def _cpu_count() -> int:
@@ -194,7 +208,7 @@ def _ray_cell(fn, key, payload, shared, store, cpus, gpus):
         hostname=socket.gethostname(),
         pid=os.getpid(),
     )
-    attempt = ray.get(store.begin.remote(key, node))
+    attempt = _wait_keeping_cpu(store.begin.remote(key, node))
     _limit_threads(cpus)
     t0 = time.perf_counter()
     ctx = CellContext(key, attempt, node, CellState(key, _ActorBackend(store)), cpus, gpus)
@@ -230,13 +244,18 @@ def cluster_info() -> ClusterInfo:
         gpus=float(res.get("GPU", 0)),
         address=address,
         node_ids=tuple(n["NodeID"] for n in alive),
+        node_sizes=tuple(
+            (float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in alive
+        ),
     )
 
 
 def _local_info() -> ClusterInfo:
     torch = sys.modules.get("torch")
     gpus = torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
-    return ClusterInfo("serial", 1, float(_cpu_count()), float(gpus), None, ("local",))
+    cpus, gpus = float(_cpu_count()), float(gpus)
+    return ClusterInfo("serial", 1, cpus, gpus, None, ("local",), ((cpus, gpus),))
 
 
 @contextlib.contextmanager
@@ -285,10 +304,10 @@ def session(
 
 def _check_cells(cells: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
     cells = list(cells)
-    keys = [k for k, _ in cells]
-    if any(not isinstance(k, str) for k in keys):
+    counts = Counter(k for k, _ in cells)
+    if any(not isinstance(k, str) for k in counts):
         raise TypeError("cell keys must be strings")
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    dupes = sorted(k for k, n in counts.items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate cell keys: {dupes}")
     return cells
@@ -301,17 +320,19 @@ class _Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, desc="cells", unit="cell", disable=not enabled)
-        self.failed = 0
+        self.failed = self.retried = 0
 
     def status(self, running: int, retried: int) -> None:
+        self.retried = retried
         self.bar.set_postfix(running=running, retried=retried, failed=self.failed, refresh=True)
 
     def done(self, info: CellInfo, result: Any) -> None:
         summary = result.get("summary") if isinstance(result, Mapping) else None
         log.info(
-            "cell %s done on %s (%s) in %.1f s, attempt %d%s",
+            "cell %s done on %s %s (node %s) in %.1f s, attempt %d%s",
             info.key,
             info.node.hostname,
+            info.node.ip,
             info.node.node_id[:8],
             info.seconds,
             info.attempt,
@@ -325,7 +346,17 @@ class _Progress:
         self.bar.update(1)
 
     def close(self) -> None:
+        self.status(0, self.retried)
         self.bar.close()
+
+
+def _check_fits(cpus: float, gpus: float, nodes: Sequence[tuple[float, float]]) -> None:
+    """Refuse cells that no node (CPUs, GPUs) can hold: Ray would queue them forever."""
+    if not any(c >= cpus and g >= gpus for c, g in nodes):
+        raise ValueError(
+            f"no node can run a cell with {cpus} CPUs and {gpus} GPUs; "
+            f"nodes have (CPUs, GPUs): {sorted(nodes)}"
+        )
 
 
 def gpus_for_cells(gpus_per_cell: float | None, cluster_gpus: float) -> float:
@@ -367,10 +398,13 @@ def run_cells(
         raise ValueError(f"cpus_per_cell must be > 0, got {cpus_per_cell}")
     cells = _check_cells(cells)
     if engine == "serial":
-        gpus = gpus_for_cells(gpus_per_cell, _local_info().gpus)
+        local = _local_info()
+        gpus = gpus_for_cells(gpus_per_cell, local.gpus)
+        _check_fits(cpus_per_cell, gpus, [(local.cpus, local.gpus)])
         return _run_serial(fn, cells, cpus_per_cell, gpus, shared, on_result, progress)
     with session("ray", address) as info:
         gpus = gpus_for_cells(gpus_per_cell, info.gpus)
+        _check_fits(cpus_per_cell, gpus, info.node_sizes)
         return _run_ray(fn, cells, cpus_per_cell, gpus, shared, max_retries, on_result, progress)
 
 

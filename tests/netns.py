@@ -79,7 +79,10 @@ class LoopbackNamespace:
 
     `tmp` is a short private directory (Unix socket paths must stay under 108 bytes) that
     every command gets as RAY_TMPDIR, so Ray's session directories and its
-    `ray_current_cluster` file never mix with other Ray instances on the machine.
+    `ray_current_cluster` file never mix with other Ray instances on the machine. Every
+    command also gets RAY_AUTH_MODE=token and this namespace's own RAY_AUTH_TOKEN: Ray
+    2.60 turns token auth on for new clusters, and `ray start --address` nodes and drivers
+    must present the head's token (else they read, or create, ~/.ray/auth_token).
     """
 
     def __init__(self) -> None:
