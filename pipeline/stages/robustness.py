@@ -49,6 +49,7 @@ def run(params) -> dict:
     cube, manifest, raw_fp = raw_cube(raw_dir(params), params.dataset.crop)
     prepared = load_prepared(params)
     files = run_files(params, dp.robustness_model, dp.robustness_seed)
+    oa_on, patch_size = _classifier_oa(params, files, prepared, device)
     denoisers, ckpts = load_denoisers(
         denoiser_paths(params), cube, raw_fp, raw_dir=str(raw_dir(params)), device=device
     )
@@ -62,11 +63,11 @@ def run(params) -> dict:
             f"no test pixel of {prepared.path} lies in the denoisers' held-out rows "
             f"{split.to_dict()['test_rows']}; nothing to score"
         )
-    oa, patch_size = _classifier_oa(params, files, prepared, scored, device)
     reach = patch_size // 2 + max(m.receptive_field // 2 for m in denoisers.values())
     rows = robustness_rows(
         cube, (ckpt["band_min"], ckpt["band_max"]), split.train,
-        slice(max(0, split.test_start - reach), cube.shape[0]), oa, denoisers, best_baseline,
+        slice(max(0, split.test_start - reach), cube.shape[0]), lambda raw: oa_on(raw, scored),
+        denoisers, best_baseline,
         [float(s) for s in dp.robustness_sigmas], dp.seed, device=device, amp=params.compute.amp,
     )  # fmt: skip
     summary = {
@@ -88,9 +89,9 @@ def run(params) -> dict:
     return summary
 
 
-def _classifier_oa(params, files, prepared, scored, device):
-    """``oa(raw cube)``: the classifier's OA on the ``scored`` pixels, through its own PCA; and
-    its patch size. Its checkpoint must come from the prepared data on disk."""
+def _classifier_oa(params, files, prepared, device):
+    """``oa(raw cube, scored)``: the classifier's OA on the ``scored`` pixels, through its own
+    PCA; and its patch size. Its checkpoint must come from the prepared data on disk."""
     dp, inf = params.denoise, params.inference
     ckpt = load_checkpoint(files.checkpoint)
     check_checkpoint_provenance(
@@ -99,7 +100,7 @@ def _classifier_oa(params, files, prepared, scored, device):
     )  # fmt: skip
     classifier, pca, patch = load_model(ckpt, device), PCA.from_arrays(ckpt["pca"]), ckpt["patch"]
 
-    def oa(raw: np.ndarray) -> float:
+    def oa(raw: np.ndarray, scored: np.ndarray) -> float:
         pred = predict_scene(
             classifier, pca.transform(raw), patch["size"], padding=patch["padding"],
             device=device, dense=inf.dense, strip_rows=inf.strip_rows, batch_size=inf.batch_size,
