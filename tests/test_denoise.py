@@ -333,3 +333,64 @@ def test_robustness_takes_its_classifier_from_params(stage_run):
 
     with pytest.raises(ParamsError, match="robustness_seed"):
         robustness.run(params.override({"denoise.robustness_seed": 7}))
+
+
+# ------------------------------------------------ the fingerprint chain over re-trained models
+
+
+@pytest.fixture
+def stage_copy(stage_run, tmp_path, monkeypatch):
+    """A private copy of the stage run's folder, to re-train in."""
+    import shutil
+
+    root, params, _ = stage_run
+    shutil.copytree(root, tmp_path / "run", symlinks=True)
+    monkeypatch.chdir(tmp_path / "run")
+    return tmp_path / "run", params.override({"train.models": ["hybridsn"], "train.seeds": [0]})
+
+
+def test_report_refuses_metrics_of_a_checkpoint_retrained_since_evaluate(stage_copy):
+    from pipeline.errors import DataError
+    from pipeline.stages import evaluate, report, train
+
+    root, params = stage_copy
+    evaluate.run(params, "hybridsn", 0)
+    report.run(params)
+    train.run(params.override({"train.epochs": 2}), "hybridsn", 0)
+    with pytest.raises(
+        DataError, match=r"metrics\.json.*checkpoint.*hsi evaluate --model hybridsn"
+    ):
+        report.run(params)
+    evaluate.run(params, "hybridsn", 0)
+    assert report.run(params)["models"]["hybridsn"]["epochs_run"]["mean"] == 2
+
+
+def test_robustness_refuses_a_denoiser_retrained_since_denoise_evaluate(stage_copy):
+    from pipeline.errors import DataError
+    from pipeline.stages import denoise_evaluate, denoise_train, robustness
+
+    root, params = stage_copy
+    denoise_train.run(params.override({"denoise.lr": 0.01}), "dncnn")
+    with pytest.raises(DataError, match=r"evaluation\.json.*dncnn\.pt.*hsi denoise_evaluate"):
+        robustness.run(params)
+    denoise_evaluate.run(params)
+    assert robustness.run(params)["rows"]
+
+
+def test_a_failed_train_keeps_the_previous_run_files(stage_copy, monkeypatch):
+    from pipeline.stages import evaluate, report, train
+
+    root, params = stage_copy
+    evaluate.run(params, "hybridsn", 0)
+    kept = {p: p.read_bytes() for p in root.glob("**/hybridsn-seed0*") if p.is_file()}
+    kept |= {p: p.read_bytes() for p in root.glob("reports/*/hybridsn-seed0/*") if p.is_file()}
+    assert any(p.name == "train.json" for p in kept) and any(p.suffix == ".pt" for p in kept)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params.override({"train.epochs": 2}), "hybridsn", 0)
+    assert {p: p.read_bytes() for p in kept} == kept
+    report.run(params)
