@@ -394,3 +394,20 @@ def test_a_failed_train_keeps_the_previous_run_files(stage_copy, monkeypatch):
         train.run(params.override({"train.epochs": 2}), "hybridsn", 0)
     assert {p: p.read_bytes() for p in kept} == kept
     report.run(params)
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "train.json", "prediction"])
+def test_report_after_an_input_was_deleted_names_it_and_the_fix(stage_copy, name):
+    from pipeline.errors import DataError
+    from pipeline.stages import evaluate, report
+    from pipeline.stages.common import run_files
+
+    root, params = stage_copy
+    evaluate.run(params, "hybridsn", 0)
+    files = run_files(params, "hybridsn", 0)
+    path = {"metrics.json": files.metrics_json, "train.json": files.train_json}.get(
+        name, files.prediction
+    )
+    path.unlink()
+    with pytest.raises(DataError, match=rf"{path.name}.*hsi evaluate --model hybridsn --seed 0"):
+        report.run(params)
