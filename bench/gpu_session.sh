@@ -105,7 +105,7 @@ while :; do
   sleep 5
 done
 say "cells done: $(for d in LFflips LFbase LFsvm P0 P1 P2; do echo -n "$d=$(grep -c 'done on' "$WORK/$d/params.log" 2>/dev/null) "; done)"
-pkill -f "pipeline.cli --params params.yaml study" 2>/dev/null
+for pid in "${lf_pids[@]}" "${p_pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null; kill "$pid" 2>/dev/null; done
 
 # svm and rf join each leak-free folder; each is then summarised over all six models
 for d in LFbase LFflips; do

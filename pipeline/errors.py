@@ -15,3 +15,7 @@ class DataError(PipelineError, ValueError):
 
 class ChecksumError(DataError):
     """A file's size or sha256 differs from the expected one."""
+
+
+class CellsError(PipelineError, RuntimeError):
+    """Some cells of a study failed; the finished ones are kept."""

@@ -502,3 +502,41 @@ def test_ctrl_c_stops_the_study_and_keeps_finished_cells(ns, scene, tmp_path):
     # Not asserted yet: the runs of the cells Ray cancelled stay RUNNING (their workers are
     # killed); once the study ends them, add
     # assert all(s == "KILLED" for s in interrupted.values()), status
+
+
+def test_failed_cells_are_one_line_and_the_finished_ones_are_kept(
+    scene, tmp_path, monkeypatch, capsys, caplog
+):
+    """Serial engine, no Ray: one cell raising gives exit 2 with one line; the others' files stay
+    complete, and the next run only runs the failed cell."""
+    from pipeline import cli
+    from pipeline.stages import study
+
+    root = make_project(tmp_path / "p", scene, **{"study.engine": "serial", "study.models": ["rf"]})
+    monkeypatch.chdir(root)
+    real = study._cell
+
+    def fold1_breaks(payload, shared, ctx):
+        if payload["fold"] == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(payload, shared, ctx)
+
+    monkeypatch.setattr(study, "_cell", fold1_breaks)
+    assert cli.main(["--params", "params.yaml", "study"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("hsi study:")]
+    assert lines == [
+        "hsi study: error: 1 of 2 cells failed (first: rf-seed0-fold1: RuntimeError: CUDA error: "
+        "an illegal memory access was encountered); the 1 finished are kept, and `hsi study` "
+        "again runs only the others"
+    ]
+    files = cell_files(params_for(), PROTOCOL, "rf", 0, 0)
+    assert (
+        files.metrics_json.is_file()
+        and not cell_files(params_for(), PROTOCOL, "rf", 0, 1).metrics_json.exists()
+    )
+    monkeypatch.setattr(study, "_cell", real)
+    before = files.metrics_json.stat().st_mtime_ns
+    caplog.set_level("INFO", logger="pipeline.stages.study")
+    assert cli.main(["--params", "params.yaml", "study"]) == 0
+    assert "2 cells, 1 to run (1 finished)" in caplog.text
+    assert files.metrics_json.stat().st_mtime_ns == before

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.data.fetching import load_raw
 from pipeline.data.prepared import prepare_scene
-from pipeline.errors import DataError, ParamsError
+from pipeline.errors import CellsError, DataError, ParamsError
 from pipeline.evaluation.classification import evaluate_classifier
 from pipeline.evaluation.comparison import summarize, summary_markdown
 from pipeline.models import spec
@@ -64,14 +64,7 @@ def run(params) -> dict:
     with start_run(p, manifest["dataset"], f"study-{protocol}", tags) as parent:
         with distributed.session(sp.engine, sp.address) as cluster:
             _check_tracking(p, cluster)
-            distributed.run_cells(
-                _cell,
-                [(run_name(*c), {"model": c[0], "seed": c[1], "fold": c[2]}) for c in todo],
-                engine=sp.engine, address=sp.address, cpus_per_cell=sp.cpus_per_cell,
-                gpus_per_cell=sp.gpus_per_cell, max_retries=sp.max_retries,
-                shared={"data": data, "params": p.to_dict(), "parent": parent.run_id},
-                on_result=lambda key, result, info: _write(p, protocol, data, result, info),
-            )  # fmt: skip
+            _run_cells(p, protocol, data, todo, parent.run_id)
         cells = [
             evaluated_cell(cell_files(p, protocol, m, s, k), data[k], m, s, k, "hsi study")
             for m, s, k in grid
@@ -98,6 +91,30 @@ def run(params) -> dict:
             parent.log_artifact(path)
     log.info("study written to %s", out / "summary.md")
     return summary
+
+
+def _run_cells(p, protocol: str, data: dict, todo: list, parent_id: str | None) -> None:
+    """Run the cells still to do; each finished cell's files are written as it arrives."""
+    sp = p.study
+    try:
+        distributed.run_cells(
+            _cell,
+            [(run_name(*c), {"model": c[0], "seed": c[1], "fold": c[2]}) for c in todo],
+            engine=sp.engine, address=sp.address, cpus_per_cell=sp.cpus_per_cell,
+            gpus_per_cell=sp.gpus_per_cell, max_retries=sp.max_retries,
+            shared={"data": data, "params": p.to_dict(), "parent": parent_id},
+            on_result=lambda key, result, info: _write(p, protocol, data, result, info),
+        )  # fmt: skip
+    except distributed.CellsFailed as e:
+        for line in str(e).splitlines()[1:]:
+            log.error("cell %s", line.strip())
+        key, err = next(iter(e.errors.items()))
+        first = (str(err).strip().splitlines() or [""])[-1]
+        raise CellsError(
+            f"{len(e.errors)} of {len(todo)} cells failed (first: {key}: {type(err).__name__}: "
+            f"{first}); the {len(e.results)} finished are kept, and `hsi study` again runs only "
+            "the others"
+        ) from None
 
 
 def _mean_counts(counts: list[dict]) -> dict:
