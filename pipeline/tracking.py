@@ -37,6 +37,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import ssl
 import subprocess
 import tempfile
 import time
@@ -81,6 +82,8 @@ ROLE_TAG = "hsi.role"
 VIEW_ID = "hsi-compare"
 """The experiment's saved view (tag ``mlflow.sharedViewState.hsi-compare``) set by link_runs."""
 VIEW_PARAMS = ("model", "method", "seed", "protocol", "fold", "sigma")
+MAX_NOTE = 7900
+"""A run description stays under MLflow's 8000-character limit of a tag value."""
 PROBE_TIMEOUT_S = 5.0
 SQLITE_CHECK_S = 5.0
 _PREPARED: set[str] = set()
@@ -198,7 +201,7 @@ def _check_server(uri: str) -> None:
         if attempt:
             time.sleep(1.0)
         try:
-            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S, context=_tls()):
                 return
         except urllib.error.HTTPError as e:
             if e.code < 500:
@@ -216,14 +219,21 @@ def _check_server(uri: str) -> None:
     )
 
 
+def _tls() -> ssl.SSLContext:
+    """Certificate checks as MLflow's client makes them (its TLS environment variables)."""
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1"):
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+
+
 def _check_sqlite(uri: str, db: Path) -> None:
     """A header that matches the file's size, then ``PRAGMA quick_check`` for at most a few
     seconds (a large store that is still being checked then is taken as sound)."""
 
     def bad(problem: str) -> TrackingError:
         return TrackingError(
-            f"MLflow store {uri}: {problem}; move the file aside (its runs are lost unless a backup "
-            f"such as {db.name}.bak is restored), point tracking.uri at another store, {OFF_HINT}"
+            f"MLflow store {uri}: {problem}; move the file aside (and restore a backup if there "
+            f"is one), point tracking.uri at another store, {OFF_HINT}"
         )
 
     if not db.exists():
@@ -259,9 +269,10 @@ def _check_sqlite(uri: str, db: Path) -> None:
     except sqlite3.DatabaseError as e:
         raise bad(f"corrupt ({one_line(e)})") from e
     if rows != [("ok",)]:
-        raise bad(f"corrupt (quick_check: {one_line(Exception(rows[0][0] if rows else '?'))})")
+        raise bad(f"corrupt (quick_check: {str(rows[0][0] if rows else '?')[:200]})")
 
 
+@functools.cache
 def _store_errors() -> tuple[type[BaseException], ...]:
     """What a failing store raises through MLflow: its own error, HTTP, SQL and socket errors."""
     from mlflow.exceptions import MlflowException
@@ -707,10 +718,6 @@ class Run:
     def adopt_children(self, run_ids: list[str | None]) -> None:
         """Former name of ``link_runs(run_ids, role="report")``; runs are no longer nested."""
         self.link_runs(run_ids, role="report")
-
-
-MAX_NOTE = 7900
-"""Under MLflow's 8000-character limit of a tag value."""
 
 
 def dataset_label(dataset: str, protocol: str, fold: int | None = None) -> str:
