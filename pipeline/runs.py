@@ -149,10 +149,15 @@ def train_run(
     """Train one classifier, logging to ``mlrun``: the one path of the `train` stage and of every
     study cell. Returns the model, its checkpoint's bytes, train.json's fields and the history."""
     logged = {k: v for k, v in flatten(params).items() if not k.startswith(("denoise.", "study."))}
+    split = data.meta.get("split", {})
+    fold = split.get("fold") if split.get("mode") == "kfold" else None
+    if fold is not None:  # a study cell's fold is the data's, not params' split.fold
+        logged["split.fold"] = fold
     mlrun.log_params({**logged, "model": model_spec.name, "seed": seed})
     mlrun.log_prepared(
-        data.meta, params, {k: int(data.split[k].sum()) for k in ("train", "val", "test")}
-    )
+        data.meta, params, {k: int(data.split[k].sum()) for k in ("train", "val", "test")},
+        fold=fold,
+    )  # fmt: skip
     model, result = train_model(
         model_spec, data, params, seed, device=device, store=store, on_epoch=on_epoch,
         progress=progress,

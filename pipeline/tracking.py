@@ -629,11 +629,7 @@ class Run:
         if new := {k: v for k, v in new.items() if k not in logged}:
             self._mlflow.log_params(new)
         dataset = meta["dataset"]
-        manifest = Path("data/raw") / dataset / "manifest.json"
-        try:
-            source = json.loads(manifest.read_text())["cube"]["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            source = str(Path("data/prepared") / dataset)
+        source = meta.get("source") or f"{dataset} (prepared)"
         self._log_input(
             name=dataset_label(dataset, protocol, fold),
             source=str(source),
@@ -714,6 +710,22 @@ class Run:
             self._mlflow.set_tag("hsi.compare_view", view)
             log.info("MLflow: %d runs compared in the saved view %s", len(linked), view)
         return view
+
+    @_tracked
+    def end_linked(self, role: str, status: str) -> int:
+        """End with ``status`` the runs tagged ``hsi.<role>_run_id`` = this run that are still
+        RUNNING: a study's cells whose workers were cancelled (Ctrl-C) or cut off by a failure
+        never leave their own ``with start_run``. Returns how many were ended."""
+        client = self._client()
+        experiment_id = self.experiment_id or client.get_run(self._run_id).info.experiment_id
+        running = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`hsi.{role}_run_id` = '{self._run_id}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for r in running:
+            client.set_terminated(r.info.run_id, status)
+        return len(running)
 
     def adopt_children(self, run_ids: list[str | None]) -> None:
         """Former name of ``link_runs(run_ids, role="report")``; runs are no longer nested."""
@@ -958,6 +970,8 @@ class start_run:  # noqa: N801 - used as a context manager like mlflow.start_run
         self.tags.setdefault("git_commit", git_commit())
         tags = {k: str(v) for k, v in self.tags.items()}
         alive = {"hsi.host": socket.gethostname(), "hsi.pid": str(os.getpid())}
+        # a study's serial cells run inside the study's own run: open theirs beside it, not under
+        outer = mlflow.active_run()
         existing = None
         if self.run_id:
             try:
@@ -973,7 +987,7 @@ class start_run:  # noqa: N801 - used as a context manager like mlflow.start_run
         if existing is not None:
             exp_id = existing.info.experiment_id
             mlflow.set_experiment(experiment_id=exp_id)
-            active = mlflow.start_run(run_id=self.run_id)
+            active = mlflow.start_run(run_id=self.run_id, nested=outer is not None)
             stage = self.tags.get("stage", "resumed")
             mlflow.set_tags({**{f"{stage}.{k}": v for k, v in tags.items()}, **alive})
         else:
@@ -981,7 +995,10 @@ class start_run:  # noqa: N801 - used as a context manager like mlflow.start_run
                 experiment_id=exp_id,
                 run_name=self.run_name,
                 tags={**tags, "task": self.task, **alive},
+                nested=outer is not None,
             )
+        if outer is not None and "mlflow.parentRunId" not in tags:
+            client.delete_tag(active.info.run_id, "mlflow.parentRunId")
         return active.info.run_id, exp_id
 
     def __exit__(self, exc_type, exc, tb) -> bool:

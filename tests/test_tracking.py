@@ -566,16 +566,16 @@ def test_server_dying_mid_run_keeps_the_training_and_reports_it_after(
         _hsi("fetch")
         _hsi("prepare")
 
-        from pipeline.stages import train as train_stage
+        from pipeline import runs
 
-        real, killed = train_stage.train_classifier, []
+        real, killed = runs.train_model, []
 
         def server_dies_then_train(*args, **kwargs):
             _stop(proc)
             killed.append(time.monotonic())
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(train_stage, "train_classifier", server_dies_then_train)
+        monkeypatch.setattr(runs, "train_model", server_dies_then_train)
         rc = cli.main(["train", "--model", MODEL, "--seed", "0"])
         after_kill = time.monotonic() - killed[0]
     assert rc == 2

@@ -164,6 +164,7 @@ def prepare_scene(
         "palette": manifest["palette"],
         "cube_sha256": manifest["cube"]["sha256"],
         "gt_sha256": manifest["gt"]["sha256"],
+        "source": manifest["cube"].get("source"),
         "label_values": manifest["gt"].get("label_values"),
         "fingerprint": prepared_fingerprint(reduced, labels, arrays, pca.to_arrays(), spectra),
         "protocol": params.protocol,

@@ -4,6 +4,7 @@ baselines (Gaussian filter, band-wise BM3D when installed, low-rank PCA projecti
 
 from __future__ import annotations
 
+import json
 import logging
 
 from pipeline.evaluation.denoise import (
@@ -14,7 +15,7 @@ from pipeline.evaluation.denoise import (
 )
 from pipeline.io import write_json
 from pipeline.stages.common import denoise_dir, denoiser_paths, raw_dir
-from pipeline.tracking import recorded_run_id, start_run
+from pipeline.tracking import check_store, recorded_run_id, start_run
 from pipeline.training.common import device_name, resolve_device
 from pipeline.training.denoise_data import RowSplit, raw_cube, row_split, scale_bands
 from pipeline.training.denoiser import load_denoisers
@@ -60,22 +61,49 @@ def run(params) -> dict:
         "sigmas": details,
     }
     out = denoise_dir(params)
+    evaluation["baseline_runs"] = _recorded_baseline_runs(out / "evaluation.json")
     write_json(out / "metrics.json", metrics)
     write_json(out / "evaluation.json", evaluation)
     rgb = list(ckpt["meta"].get("rgb_bands") or manifest["rgb_bands"])
     title = f"{manifest['dataset']}: held-out rows {split.test_start}-{split.height - 1}"
     save_comparison_png(out / "comparison.png", clean[split.test], figure, band=rgb[0],
                         rgb_bands=rgb, title=f"{title}, σ = {fig_sigma:g}/255")  # fmt: skip
-    _track(params, manifest["dataset"], models, metrics, out, bm3d_note, device_name(device))
+    runs = _track(params, manifest["dataset"], models, metrics, out, evaluation["baseline_runs"],
+                  bm3d_note, device_name(device))  # fmt: skip
+    if runs != evaluation["baseline_runs"]:
+        write_json(out / "evaluation.json", {**evaluation, "baseline_runs": runs})
     return metrics
 
 
-def _track(params, dataset: str, models, metrics: dict, out, bm3d_note: str, device: str) -> None:
-    """Each denoiser's run gets its scores per σ (``mpsnr_sigma30``, ...) and the reports."""
-    for name in models:
-        train_run = recorded_run_id(out / name / "train.json")
+def _recorded_baseline_runs(path) -> dict:
+    """The baselines' MLflow run ids an earlier evaluation recorded (reopened, not duplicated)."""
+    try:
+        return dict(json.loads(path.read_text()).get("baseline_runs") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _track(
+    params, dataset: str, models, metrics: dict, out, baseline_runs: dict, bm3d_note: str,
+    device: str,
+) -> dict:  # fmt: skip
+    """Each denoiser's run, and one run per baseline (``noisy`` included), gets its scores per σ
+    (``mpsnr_sigma30``, ...): one bar per method in each chart of `<dataset>/denoising`. Returns
+    the baselines' run ids."""
+    methods = list(next(iter(metrics.values())))
+    runs = {}
+    for name in methods:
+        baseline = name not in models
+        recorded = baseline_runs.get(name) if baseline else recorded_run_id(
+            out / name / "train.json"
+        )  # fmt: skip
         tags = {"stage": "denoise_evaluate", "device": device, "bm3d": bm3d_note}
-        with start_run(params, dataset, name, tags, task="denoising", run_id=train_run) as mlrun:
+        if baseline:
+            tags["hsi.role"] = "baseline"
+        with start_run(params, dataset, name, tags, task="denoising", run_id=recorded) as mlrun:
+            if baseline:
+                mlrun.log_params({"model": name})
+                runs[name] = mlrun.run_id
             mlrun.log_metrics(
                 {
                     f"{score}_{skey}": value
@@ -84,9 +112,12 @@ def _track(params, dataset: str, models, metrics: dict, out, bm3d_note: str, dev
                     if value is not None
                 }
             )
-            for fname in ("metrics.json", "evaluation.json", "comparison.png"):
-                mlrun.log_artifact(out / fname, "denoise_evaluation")
+            if not baseline:
+                for fname in ("metrics.json", "evaluation.json", "comparison.png"):
+                    mlrun.log_artifact(out / fname, "denoise_evaluation")
+    return {k: v for k, v in runs.items() if v}
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     run(params)

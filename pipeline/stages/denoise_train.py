@@ -11,7 +11,7 @@ from pipeline.models import count_parameters, spec
 from pipeline.params import flatten
 from pipeline.provenance import fingerprint
 from pipeline.stages.common import denoise_dir, denoiser_path, epoch_logger, raw_dir
-from pipeline.tracking import start_run
+from pipeline.tracking import check_store, start_run
 from pipeline.training.checkpoint import StateFile, resume_path
 from pipeline.training.common import device_name, resolve_device
 from pipeline.training.denoise_data import raw_cube
@@ -121,5 +121,6 @@ def _write(params, name: str, setup, result, manifest: dict, data_fp: str, shape
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     for name in [args.model] if getattr(args, "model", None) else params.denoise.models:
         run(params, name)

@@ -14,7 +14,7 @@ from pipeline.evaluation.classification import evaluate_classifier
 from pipeline.io import sha256_file
 from pipeline.runs import write_evaluation
 from pipeline.stages.common import load_prepared, run_files
-from pipeline.tracking import recorded_run_id, start_run
+from pipeline.tracking import check_store, recorded_run_id, start_run
 from pipeline.training.checkpoint import check_checkpoint_provenance, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
 
@@ -74,4 +74,5 @@ def run(params, model_name: str, seed: int) -> dict:
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     run(params, args.model, args.seed)

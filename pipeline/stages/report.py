@@ -10,7 +10,7 @@ import logging
 from pipeline.evaluation.comparison import summarize, summary_markdown
 from pipeline.runs import comparison_info, evaluated_cell, read_history, save_comparison
 from pipeline.stages.common import load_prepared, report_dir, run_files
-from pipeline.tracking import recorded_run_id, start_run
+from pipeline.tracking import check_store, recorded_run_id, start_run
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,12 @@ def run(params) -> dict:
         info=comparison_info(params, split, protocol),
     )
     out = report_dir(params)
-    written = save_comparison(out, summary, summary_markdown(summary), cells, data, histories)
+    markdown = summary_markdown(summary)
+    written = save_comparison(out, summary, markdown, cells, data, histories)
     tags = {"stage": "report", "protocol": protocol}
     with start_run(params, data.meta["dataset"], "report", tags) as mlrun:
-        mlrun.adopt_children(run_ids)
+        mlrun.link_runs(run_ids, role="report")
+        mlrun.set_note(markdown)
         counts = {k: int(data.split[k].sum()) for k in ("train", "val", "test")}
         mlrun.log_prepared(data.meta, params, counts, context="evaluation")
         for path in written:
@@ -55,4 +57,5 @@ def run(params) -> dict:
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     run(params)

@@ -34,7 +34,7 @@ from pipeline.stages.common import (
     robustness_dir,
     run_files,
 )
-from pipeline.tracking import start_run
+from pipeline.tracking import check_store, start_run
 from pipeline.training.checkpoint import check_checkpoint_provenance, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
 from pipeline.training.denoise_data import RowSplit, raw_cube
@@ -178,4 +178,5 @@ def _write(
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     run(params)

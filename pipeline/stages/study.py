@@ -40,7 +40,7 @@ from pipeline.runs import (
     write_training,
 )
 from pipeline.stages.common import cell_files, epoch_logger, raw_dir, study_dir
-from pipeline.tracking import resolve_uri, start_run
+from pipeline.tracking import check_store, recorded_run_id, resolve_uri, start_run
 from pipeline.training.checkpoint import StateBlob, load_checkpoint, load_model
 from pipeline.training.common import device_name, resolve_device
 
@@ -64,7 +64,7 @@ def run(params) -> dict:
     with start_run(p, manifest["dataset"], f"study-{protocol}", tags) as parent:
         with distributed.session(sp.engine, sp.address) as cluster:
             _check_tracking(p, cluster)
-            _run_cells(p, protocol, data, todo, parent.run_id)
+            _run_cells(p, protocol, data, todo, parent)
         cells = [
             evaluated_cell(cell_files(p, protocol, m, s, k), data[k], m, s, k, "hsi study")
             for m, s, k in grid
@@ -85,16 +85,20 @@ def run(params) -> dict:
         )  # fmt: skip
         summary["cells"] = len(grid)
         out = study_dir(p, protocol)
-        for path in save_comparison(
-            out, summary, summary_markdown(summary), cells, first, histories
-        ):
+        markdown = summary_markdown(summary)
+        for path in save_comparison(out, summary, markdown, cells, first, histories):
             parent.log_artifact(path)
+        parent.link_runs(
+            [recorded_run_id(cell_files(p, protocol, *c).train_json) for c in grid], role="study"
+        )
+        parent.set_note(markdown)
     log.info("study written to %s", out / "summary.md")
     return summary
 
 
-def _run_cells(p, protocol: str, data: dict, todo: list, parent_id: str | None) -> None:
-    """Run the cells still to do; each finished cell's files are written as it arrives."""
+def _run_cells(p, protocol: str, data: dict, todo: list, parent) -> None:
+    """Run the cells still to do; each finished cell's files are written as it arrives. Cells cut
+    off by Ctrl-C or a failure end their MLflow runs KILLED or FAILED."""
     sp = p.study
     try:
         distributed.run_cells(
@@ -102,10 +106,14 @@ def _run_cells(p, protocol: str, data: dict, todo: list, parent_id: str | None) 
             [(run_name(*c), {"model": c[0], "seed": c[1], "fold": c[2]}) for c in todo],
             engine=sp.engine, address=sp.address, cpus_per_cell=sp.cpus_per_cell,
             gpus_per_cell=sp.gpus_per_cell, max_retries=sp.max_retries,
-            shared={"data": data, "params": p.to_dict(), "parent": parent_id},
+            shared={"data": data, "params": p.to_dict(), "parent": parent.run_id},
             on_result=lambda key, result, info: _write(p, protocol, data, result, info),
         )  # fmt: skip
+    except KeyboardInterrupt:
+        parent.end_linked("study", "KILLED")
+        raise
     except distributed.CellsFailed as e:
+        parent.end_linked("study", "FAILED")
         for line in str(e).splitlines()[1:]:
             log.error("cell %s", line.strip())
         key, err = next(iter(e.errors.items()))
@@ -167,8 +175,9 @@ def _cell(payload: dict, shared: dict, ctx) -> dict:
     )
     tags = {"stage": "study", "model": model_name, "seed": seed, "fold": fold,
             "protocol": p.protocol, "node": ctx.node.hostname, "node_ip": ctx.node.ip,
-            "node_id": ctx.node.node_id,
-            "mlflow.parentRunId": shared["parent"]}  # fmt: skip
+            "node_id": ctx.node.node_id}  # fmt: skip
+    if shared["parent"]:
+        tags["hsi.study_run_id"] = shared["parent"]
     run_id = ctx.state.get("mlflow_run_id")
     with start_run(p, data.meta["dataset"], name, tags, run_id=run_id) as mlrun:
         ctx.state.put("mlflow_run_id", mlrun.run_id)
@@ -212,4 +221,5 @@ def _write(p, protocol: str, data: dict, result: dict, info) -> None:
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     run(params)

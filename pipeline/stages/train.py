@@ -7,7 +7,7 @@ import logging
 from pipeline.models import spec
 from pipeline.runs import resume_fingerprint, train_run, write_training
 from pipeline.stages.common import epoch_logger, load_prepared, run_files
-from pipeline.tracking import start_run
+from pipeline.tracking import check_store, start_run
 from pipeline.training.checkpoint import StateFile, resume_path
 from pipeline.training.common import device_name, resolve_device
 
@@ -48,4 +48,5 @@ def run(params, model_name: str, seed: int) -> dict:
 
 
 def main(params, args) -> None:
+    check_store(params)  # an unusable MLflow store fails here, before any work
     run(params, args.model, args.seed)
