@@ -145,7 +145,8 @@ def _check_int(key: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _check_labels(labels: Any) -> np.ndarray:
+def check_labels(labels: Any) -> np.ndarray:
+    """Labels as an (H, W) int64 array (0 = unlabelled) with at least one labelled pixel."""
     arr = np.asarray(labels)
     if arr.ndim != 2:
         raise DataError(f"labels must be a 2-D (H, W) array, got shape {arr.shape}")
@@ -335,7 +336,7 @@ def assign_folds(
     ok = isinstance(val_fraction, (int, float, np.integer, np.floating))
     if isinstance(val_fraction, bool) or not (ok and 0 <= val_fraction < 1):
         raise ParamsError(f"'split.val_fraction' must be a number in [0, 1), got {val_fraction!r}")
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     h, w = labels.shape
     if block_size is None:
         block_size = default_block_size(patch_size)
@@ -406,7 +407,7 @@ def kfold_summary(labels: np.ndarray, folds: BlockFolds, class_names: Any = None
     each) and the number of folds holding it. ``class_names``: a mapping label -> name or a
     sequence naming labels 1, 2, ...
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     fold_map = folds.fold_map(labels)
     classes = np.unique(labels[labels > 0])
     names = {int(c): _class_name(class_names, int(c)) for c in classes}

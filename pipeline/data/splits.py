@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data.kfold import assign_folds, kfold_summary
+from pipeline.data.kfold import assign_folds, check_labels, kfold_summary
 from pipeline.errors import DataError, ParamsError
 
 MODES = ("random", "per_class", "disjoint", "kfold", "fixed")
@@ -102,19 +102,6 @@ def _check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> float
         interval = "[0, 1)" if allow_zero else "(0, 1)"
         raise ParamsError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
-
-
-def _check_labels(labels: Any) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.ndim != 2:
-        raise DataError(f"labels must be a 2-D (H, W) array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"labels must hold integers, got dtype {arr.dtype}")
-    if arr.size and arr.min() < 0:
-        raise DataError(f"labels must be >= 0 (0 = unlabelled), found {int(arr.min())}")
-    if not (arr > 0).any():
-        raise DataError("labels contain no labelled pixel (all 0)")
-    return arr.astype(np.int64, copy=False)
 
 
 def _check_mask(name: str, mask: Any) -> np.ndarray:
@@ -253,7 +240,7 @@ def splittable_classes(
     That needs two pixels of the class more than r apart (Chebyshev), i.e. a bounding box
     longer than r on some side; Indian Pines with P = 25 fails for classes 1, 7 and 9.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     r = guard_radius(guard, patch_size)
     out = {}
     for c in np.unique(labels[labels > 0]):
@@ -658,7 +645,7 @@ def make_split(
     guard_radius(guard, patch_size)
     if tile_size is not None:
         tile_size = _check_int("tile_size", tile_size, 1)
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     rng = np.random.default_rng(seed)
     classes, members = _class_pixels(labels)
 
@@ -833,7 +820,7 @@ def split_summary(
     ``leakage_share`` is the ``centre`` train -> test share; ``leakage`` has both definitions
     (:func:`leakage_figures`) for test and validation.
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels)
     p = _check_patch_size(patch_size)
     names = ("train", "val", "test", "guard", "excluded")
     masks = {k: _check_mask(k, getattr(split, k)) for k in names}

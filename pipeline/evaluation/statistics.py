@@ -38,6 +38,19 @@ ALPHA = 0.05
 RESAMPLES = 2000
 
 
+def _spread(out: dict, d: np.ndarray, test: str, units: str) -> float | None:
+    """The differences' sample std, stored in ``out``; None, with ``out["reason"]``, when ``test``
+    cannot run (fewer than 2 units, or no variance)."""
+    if d.size < 2:
+        out["reason"] = f"{test} needs at least 2 {units}"
+        return None
+    out["std"] = sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        out["reason"] = f"the differences do not vary across {units.split()[0]} (zero variance)"
+        return None
+    return sd
+
+
 def paired_t(baseline: Sequence[float], variant: Sequence[float]) -> dict:
     """Two-sided paired t-test of ``variant - baseline`` (one pair per seed).
 
@@ -53,13 +66,7 @@ def paired_t(baseline: Sequence[float], variant: Sequence[float]) -> dict:
     n = int(d.size)
     out = {"n": n, "mean": float(d.mean()) if n else 0.0, "std": 0.0, "t": None, "df": n - 1}
     out["p_value"], out["reason"] = None, ""
-    if n < 2:
-        out["reason"] = "a paired test needs at least 2 seeds"
-        return out
-    sd = float(d.std(ddof=1))
-    out["std"] = sd
-    if sd == 0.0:
-        out["reason"] = "the differences do not vary across seeds (zero variance)"
+    if (sd := _spread(out, d, "a paired test", "seeds")) is None:
         return out
     t = out["mean"] / (sd / np.sqrt(n))
     out["t"] = float(t)
@@ -196,13 +203,7 @@ def corrected_resampled_t(
     out = {"n": j, "pairs": int(a.size), "folds": n_folds, "mean": float(d.mean()) if j else 0.0}
     out |= {"std": 0.0, "t": None, "df": j - 1, "p_value": None, "reason": ""}
     out |= {"correction": correction, "ratio": ratio}
-    if j < 2:
-        out["reason"] = "a corrected resampled t-test needs at least 2 resamples (folds)"
-        return out
-    sd = float(d.std(ddof=1))
-    out["std"] = sd
-    if sd == 0.0:
-        out["reason"] = "the differences do not vary across resamples (zero variance)"
+    if (sd := _spread(out, d, "a corrected resampled t-test", "resamples (folds)")) is None:
         return out
     t = out["mean"] / np.sqrt(correction * sd**2)
     out["t"] = float(t)
