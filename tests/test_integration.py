@@ -47,7 +47,7 @@ def repo(tmp_path_factory):
     params["pca"]["components"] = 16
     params["patch"]["size"] = 11
     params["train"].update(
-        models=["hybridsn", "hybridsn_se"], seeds=[0, 1], epochs=1, batch_size=64
+        models=["hybridsn", "hybridsn_se", "svm", "rf"], seeds=[0, 1], epochs=1, batch_size=64
     )
     params["compute"]["device"] = "cpu"
     params["inference"]["batch_size"] = 256
@@ -247,6 +247,27 @@ def test_evaluate_outputs_and_dvc_metrics(repo):
     assert metrics["oa"] == pytest.approx(float(np.mean(pred[test] == labels[test])), abs=1e-9)
     shown = _run([str(BIN / "dvc"), "metrics", "show", "--json"], root, env).stdout
     assert '"oa"' in shown and '"kappa"' in shown
+
+
+def test_classical_baselines_run_like_any_model(repo):
+    """svm and rf go through the same train/evaluate/report stages: checkpoint, scores, maps, an
+    MLflow run each, and a column of comparisons against svm in the report."""
+    root, _, _ = repo
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("indian_pines/classification")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    for name in ("svm-seed0", "svm-seed1", "rf-seed0", "rf-seed1"):
+        assert (root / f"models/indian_pines/{name}.pt").is_file()
+        run_dir = root / f"reports/indian_pines/{name}"
+        assert 0 < json.loads((run_dir / "metrics.json").read_text())["oa"] <= 1
+        for png in ("maps.png", "prediction.png", "confusion.png"):
+            assert (run_dir / png).stat().st_size > 5000
+        assert "test_oa" in runs[name].data.metrics
+    summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
+    assert set(summary["comparisons"]["svm"]) == {"hybridsn", "hybridsn_se", "rf"}
+    assert summary["models"]["svm"]["oa"]["n"] == 2
 
 
 def test_report_summary(repo):
