@@ -17,7 +17,6 @@ from sklearn.svm import SVC
 from pipeline.data.patches import pad_cube
 from pipeline.errors import ParamsError
 from pipeline.evaluation.inference import predict_scene, scene_logits
-from pipeline.models import classical
 from pipeline.models.classical import KernelSVM, RandomForest, fit_rf, fit_svm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -224,13 +223,15 @@ def test_fit_svm_inner_cv_keeps_groups_apart(data, monkeypatch):
     x, y, groups = data
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
-    class SpySearch(classical.GridSearchCV):
+    import sklearn.model_selection
+
+    class SpySearch(sklearn.model_selection.GridSearchCV):
         def fit(self, X, y=None, **params):
             cv = check_cv(self.cv, y, classifier=True)
             seen.extend(cv.split(X, y, params.get("groups")))
             return super().fit(X, y, **params)
 
-    monkeypatch.setattr(classical, "GridSearchCV", SpySearch)
+    monkeypatch.setattr(sklearn.model_selection, "GridSearchCV", SpySearch)
     model = fit_svm(x, y, N_CLASSES, groups=groups, c_grid=(1.0,), gamma_grid=(1.0,))
     assert len(seen) == 3 and model.fit_info["cv"] == "GroupKFold(n_splits=3)"
     for train, val in seen:

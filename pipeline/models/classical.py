@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from einops import rearrange
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 from torch import nn
 
 from pipeline.errors import ParamsError
+
+if TYPE_CHECKING:  # sklearn is imported where a model is fitted: every stage imports this module
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.svm import SVC
 
 C_GRID = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 GAMMA_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -230,6 +231,10 @@ class KernelSVM(PixelClassifier):
     ) -> KernelSVM:
         """Module from a fitted RBF ``SVC`` with a numeric gamma, alone or after a
         ``StandardScaler`` in a ``Pipeline``; its classes must be integers 0..n_classes-1."""
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import SVC
+
         scaler, svc = None, estimator
         if isinstance(estimator, Pipeline):
             *before, svc = [step for _, step in estimator.steps]
@@ -483,6 +488,11 @@ def fit_svm(
     gamma·K), the CV scheme, its best accuracy and that of every grid point (rows C, columns
     γ).
     """
+    from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
     x, y = _check_xy(x, y, n_classes, "svm")
     if len(np.unique(y)) < 2:
         raise ValueError("svm: the training pixels must hold at least two classes")
@@ -546,6 +556,8 @@ def fit_rf(
     the variance); bootstrap; unweighted classes (OA is the headline metric; ``"balanced"``
     trades OA for AA). The settings are recorded in ``fit_info``.
     """
+    from sklearn.ensemble import RandomForestClassifier
+
     x, y = _check_xy(x, y, n_classes, "rf")
     params = {
         "n_estimators": n_estimators,
