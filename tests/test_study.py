@@ -274,7 +274,23 @@ def test_study_cells_equal_train_and_evaluate(ns, scene, tmp_path):
     err = ok(hsi(ns, project, "study"))
     assert f"study {PROTOCOL}: 4 cells, 0 to run (4 finished)" in err, err[-3000:]
     assert snapshot(study / "cells", study / "predictions", study / "models") == before
-    assert (study / "summary.json").is_file()
+
+    # the serial engine gives the same summary (scores, per-class accuracy, verdicts)
+    serial = make_project(tmp_path / "serial", scene, **{"study.models": models,
+                                                          "study.engine": "serial"})  # fmt: skip
+    ok(hsi(ns, serial, "study"))
+
+    def comparable(folder):
+        s = json.loads(
+            (folder / "reports" / DATASET / "study" / PROTOCOL / "summary.json").read_text()
+        )
+        keep = ("oa", "aa", "kappa", "fold_oa", "class_accuracy", "best_epoch", "epochs_run")
+        models = {m: {k: r[k] for k in keep} for m, r in s["models"].items()}
+        verdicts = {b: {m: (c["verdict"], c["oa_difference"]) for m, c in by.items()}
+                    for b, by in s["comparisons"].items()}  # fmt: skip
+        return models, verdicts
+
+    assert comparable(project) == comparable(serial)
 
 
 # --- 2. two nodes, one MLflow server; a local store is refused ---------------------------
