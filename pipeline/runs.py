@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,24 @@ def save_training_curves(path, history: list[dict], title: str) -> None:
         for split in ("train", "val")
     }
     save_curve_png(path, epochs, series, "epoch", "OA / loss", title=title)
+
+
+def save_fit_curves(path, fit: dict, title: str) -> None:
+    """A classical model's counterpart of the training curves: the SVM's inner-CV accuracy
+    against γ for each C (the grid it chose from), the forest's out-of-bag accuracy against the
+    number of trees."""
+    if "cv_accuracy_grid" in fit:
+        scale = fit["gamma_times_bands"] / fit["gamma"]
+        x = [math.log10(g * scale) for g in fit["gamma_grid"]]
+        series = {
+            f"C = {c:g}": row for c, row in zip(fit["c_grid"], fit["cv_accuracy_grid"], strict=True)
+        }
+        save_curve_png(path, x, series, "log10(γ·K)", f"inner-CV OA ({fit['cv']})", title=title)
+    elif "oob_accuracy" in fit:
+        series = {"out-of-bag OA": fit["oob_accuracy"]}
+        save_curve_png(path, fit["oob_trees"], series, "trees", "OA", title=title)
+    else:
+        raise ValueError(f"{title}: the fit records neither an inner-CV grid nor out-of-bag scores")
 
 
 def train_params(params, model: str, seed: int) -> dict:
@@ -139,6 +158,8 @@ def trained_record(
         "data_fingerprint": data.fingerprint,
         "params_fingerprint": fingerprint(train_params(params, name, seed)),
     }
+    if hasattr(model, "fit_info"):
+        summary["fit"] = model.fit_info
     return ckpt, summary
 
 
@@ -178,6 +199,8 @@ def write_training(files, checkpoint: bytes, summary: dict, history: list[dict])
     write_text(files.report / "history.csv", rows_csv(history))
     if history:
         save_training_curves(files.report / "curves.png", history, files.name)
+    else:
+        save_fit_curves(files.report / "curves.png", summary["fit"], files.name)
     summary = {
         **summary,
         "checkpoint": str(files.checkpoint),

@@ -43,7 +43,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -712,20 +712,27 @@ class Run:
         return view
 
     @_tracked
-    def end_linked(self, role: str, status: str) -> int:
-        """End with ``status`` the runs tagged ``hsi.<role>_run_id`` = this run that are still
-        RUNNING: a study's cells whose workers were cancelled (Ctrl-C) or cut off by a failure
-        never leave their own ``with start_run``. Returns how many were ended."""
+    def end_linked(self, role: str, status: str, keep: Collection[str] = ()) -> int:
+        """End with ``status`` the runs tagged ``hsi.<role>_run_id`` = this run whose outputs were
+        not written: those still RUNNING (a study's cells whose workers were cancelled by Ctrl-C
+        or cut off by a failure never leave their own ``with start_run``) and those FINISHED on a
+        worker whose result never reached the driver; ``keep`` are the runs whose outputs were
+        written. Returns how many were ended."""
         client = self._client()
         experiment_id = self.experiment_id or client.get_run(self._run_id).info.experiment_id
-        running = client.search_runs(
+        linked = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`hsi.{role}_run_id` = '{self._run_id}' "
-            "and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`hsi.{role}_run_id` = '{self._run_id}'",
+            max_results=50_000,
         )
-        for r in running:
+        cut = [
+            r
+            for r in linked
+            if r.info.status in ("RUNNING", "FINISHED") and r.info.run_id not in set(keep)
+        ]
+        for r in cut:
             client.set_terminated(r.info.run_id, status)
-        return len(running)
+        return len(cut)
 
     def adopt_children(self, run_ids: list[str | None]) -> None:
         """Former name of ``link_runs(run_ids, role="report")``; runs are no longer nested."""

@@ -4,6 +4,7 @@ checkpoints, absent classes and the grouped inner cross-validation."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -263,12 +264,21 @@ def test_fit_svm_records_the_chosen_hyperparameters(data, queries):
 
 def test_fit_rf_records_its_settings(data, queries):
     x, y, _ = data
-    model = fit_rf(x, y, N_CLASSES, seed=3, n_estimators=6)
-    params = {k: v for k, v in model.fit_info.items() if k != "n_train"}
-    assert params["random_state"] == 3 and params["n_estimators"] == 6
-    refit = RandomForestClassifier(**params).fit(x, y)
+    model = fit_rf(x, y, N_CLASSES, seed=3, n_estimators=16)
+    info = model.fit_info
+    params = {k: v for k, v in info.items() if k not in ("n_train", "oob_trees", "oob_accuracy")}
+    assert params["random_state"] == 3 and params["n_estimators"] == 16
+    refit = RandomForestClassifier(**params).fit(
+        x, y
+    )  # one fit: the stepped growth changes nothing
     proba = model.predict_proba(torch.as_tensor(queries)).numpy()[:, list(FITTED)]
     np.testing.assert_array_equal(proba, refit.predict_proba(queries))
+    assert info["oob_trees"] == [2, 4, 8, 12, 16]
+    for n, oob in zip(info["oob_trees"], info["oob_accuracy"], strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            part = RandomForestClassifier(**{**params, "n_estimators": n}, oob_score=True).fit(x, y)
+        assert oob == part.oob_score_
 
 
 @pytest.mark.parametrize("cls", [KernelSVM, RandomForest])

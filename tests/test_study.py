@@ -470,7 +470,7 @@ def test_ctrl_c_stops_the_study_and_keeps_finished_cells(ns, scene, tmp_path):
 
     models, folds = ["svm", "hybridsn"], [0, 1]
     uri = f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
-    grid = {"study.models": models, "study.folds": folds, "train.epochs": 8,
+    grid = {"study.models": models, "study.folds": folds, "train.epochs": 80,
             "tracking.enabled": True, "tracking.uri": uri}  # fmt: skip
     project = make_project(tmp_path / "project", scene, **grid)
     p = params_for(**grid)

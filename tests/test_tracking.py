@@ -406,6 +406,30 @@ def test_run_of_a_killed_process_is_marked_killed(server):
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
 
 
+def test_cut_off_cells_end_killed_unless_their_outputs_were_written(server):
+    """A study interrupted by Ctrl-C: its linked runs still RUNNING, and those FINISHED on a
+    worker whose result never reached the driver, end KILLED; the written ones stay FINISHED."""
+    import mlflow
+
+    client = mlflow.MlflowClient(server)
+    params = _params_for(server)
+    with tracking.start_run(params, "cutoff", "study") as parent:
+        cells = {}
+        for name, end in (("written", True), ("lost", True), ("running", False)):
+            with tracking.start_run(
+                params, "cutoff", name, {"hsi.study_run_id": parent.run_id}
+            ) as run:
+                cells[name] = run.run_id
+            if not end:
+                client.update_run(run.run_id, status="RUNNING")
+        with tracking.start_run(params, "cutoff", "other") as other:
+            pass
+        assert parent.end_linked("study", "KILLED", keep=[cells["written"]]) == 2
+    status = {n: client.get_run(i).info.status for n, i in cells.items()}
+    assert status == {"written": "FINISHED", "lost": "KILLED", "running": "KILLED"}
+    assert client.get_run(other.run_id).info.status == "FINISHED"
+
+
 RACE = """
 import os, sys, time
 from pipeline import tracking

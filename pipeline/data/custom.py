@@ -59,8 +59,8 @@ def ingest_custom(custom: Mapping[str, Any], out_dir: Path) -> tuple[DatasetInfo
     """Copy the user's cube and label map (and ENVI companions) into ``out_dir``.
 
     Returns the scene's :class:`DatasetInfo` (defaults filled in as for a catalogue entry) and
-    the manifest records of the cube and label files (each file with its ``source``, size and
-    mtime_ns of the copy). Errors name the user's files, never the copies in ``out_dir``.
+    the manifest records of the cube and label files (each file with its ``source`` and size).
+    Errors name the user's files, never the copies in ``out_dir``.
     """
     extra = set(custom) - CUSTOM_KEYS
     if extra:
@@ -94,7 +94,6 @@ def ingest_custom(custom: Mapping[str, Any], out_dir: Path) -> tuple[DatasetInfo
                     "file": f.name,
                     "sha256": copied[f.name][1],
                     "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
                     "source": f"local:{f}",
                 }
             )

@@ -98,8 +98,15 @@ def run(params) -> dict:
 
 def _run_cells(p, protocol: str, data: dict, todo: list, parent) -> None:
     """Run the cells still to do; each finished cell's files are written as it arrives. Cells cut
-    off by Ctrl-C or a failure end their MLflow runs KILLED or FAILED."""
+    off by Ctrl-C or a failure end their MLflow runs KILLED or FAILED, also a cell whose run
+    finished on its worker but whose result was cut off on its way to be written."""
     sp = p.study
+    written: list[str] = []
+
+    def write(key, result, info):
+        _write(p, protocol, data, result, info)
+        written.append(result["train"]["mlflow_run_id"])
+
     try:
         distributed.run_cells(
             _cell,
@@ -107,13 +114,13 @@ def _run_cells(p, protocol: str, data: dict, todo: list, parent) -> None:
             engine=sp.engine, address=sp.address, cpus_per_cell=sp.cpus_per_cell,
             gpus_per_cell=sp.gpus_per_cell, max_retries=sp.max_retries,
             shared={"data": data, "params": p.to_dict(), "parent": parent.run_id},
-            on_result=lambda key, result, info: _write(p, protocol, data, result, info),
+            on_result=write,
         )  # fmt: skip
     except KeyboardInterrupt:
-        parent.end_linked("study", "KILLED")
+        parent.end_linked("study", "KILLED", keep=written)
         raise
     except distributed.CellsFailed as e:
-        parent.end_linked("study", "FAILED")
+        parent.end_linked("study", "FAILED", keep=written)
         for line in str(e).splitlines()[1:]:
             log.error("cell %s", line.strip())
         key, err = next(iter(e.errors.items()))

@@ -42,8 +42,11 @@ def run(params, model_name: str, seed: int) -> dict:
             mlrun.log_artifact(files.report / name)
         mlrun.log_model(files.checkpoint, model_name, tags={"seed": seed})
     store.clear()
-    log.info("%s: best val OA %s at epoch %d, %.1f s", files.name, summary["best_val_oa"],
-             summary["best_epoch"], summary["train_time_s"])  # fmt: skip
+    if "fit" in summary:
+        log.info("%s: fitted in %.1f s", files.name, summary["train_time_s"])
+    else:
+        log.info("%s: best val OA %s at epoch %d, %.1f s", files.name, summary["best_val_oa"],
+                 summary["best_epoch"], summary["train_time_s"])  # fmt: skip
     return summary
 
 
