@@ -33,11 +33,14 @@ results: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/results.py --protocol paper --name paper-noval --set "study.models=[hybridsn]" --set split.val_fraction=0
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python tools/results.py --protocol leakfree --seeds 0 $(RESULTS_SET) --set train.augment=flips
 
+# One worker per core; a test file stays on one worker (module fixtures run once; the Ray and
+# MLflow tests of a file never race each other).
+PYTEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not integration"
 
 lint: install
 	$(BIN)/ruff check .

@@ -51,6 +51,10 @@ def require(ray: bool = True) -> None:
         pytest.skip(reason)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass(frozen=True)
 class Listener:
     """One listening TCP socket: local address, port and the owning process."""
@@ -126,8 +130,11 @@ class LoopbackNamespace:
         return env
 
     def popen(self, cmd: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
-        """Start `cmd` in the namespace; its pid is the command's own."""
+        """Start `cmd` in the namespace; its pid is the command's own. SIGINT is reset to its
+        default, which a shell's background job (`make test &`) would otherwise pass on as
+        ignored, and a test's Ctrl-C would then do nothing."""
         kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("preexec_fn", _default_sigint)
         return subprocess.Popen(self.argv(cmd), env=self.env(env), cwd=kw.pop("cwd", REPO), **kw)
 
     def run(
