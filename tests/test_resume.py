@@ -147,3 +147,70 @@ def _epoch(path: Path) -> int:
         return int(torch.load(path, weights_only=True)["state"]["epoch"])
     except Exception:  # being renamed into place right now
         return -1
+
+
+@pytest.mark.integration
+def test_denoise_train_stage_resumes_after_kill_9(tmp_path):
+    """The denoiser trains through the same loop: kill -9 of `hsi denoise_train` mid-training,
+    the same command resumes from the last finished epoch and ends with the weights of a run
+    never killed."""
+    from pipeline.data.fetching import fetch_dataset
+
+    params = validate(
+        {
+            "dataset": {"name": "indian_pines", "crop": [0, 40, 0, 40]},
+            "compute": {"device": "cpu"},
+            "denoise": {
+                "models": ["dncnn"],
+                "depth": 3,
+                "channels": 8,
+                "patch_size": 16,
+                "batch_size": 8,
+                "epochs": 4,
+                "steps_per_epoch": 30,
+            },
+            "tracking": {"enabled": False},
+        }
+    )
+    runs = {}
+    for case in ("killed", "whole"):
+        root = tmp_path / case
+        (root / "data" / "raw").mkdir(parents=True)
+        (root / "params.yaml").write_text(yaml.safe_dump(params.to_dict()))
+        fetch_dataset("indian_pines", root / "data" / "raw" / "indian_pines", progress=False)
+        runs[case] = root
+    args = ("denoise_train", "--model", "dncnn")
+    models = Path("models") / "indian_pines"
+    state_file = runs["killed"] / models / ".resume" / "denoisers" / "dncnn.pt"
+
+    proc = _hsi(runs["killed"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.exists() and _epoch(state_file) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _epoch(state_file)
+    assert 1 <= killed_at < 4
+
+    again = _hsi(runs["killed"], *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert f"resuming from epoch {killed_at + 1}" in out
+    assert not state_file.exists()
+    whole = _hsi(runs["whole"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    assert whole.wait(timeout=300) == 0
+    summary = json.loads(
+        (
+            runs["killed"] / "reports" / "indian_pines" / "denoise" / "dncnn" / "train.json"
+        ).read_text()
+    )
+    assert summary["resumed_from_epoch"] == killed_at + 1
+    a, b = (
+        torch.load(runs[c] / models / "denoisers" / "dncnn.pt", weights_only=True)["state_dict"]
+        for c in ("killed", "whole")
+    )
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
