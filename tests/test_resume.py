@@ -167,7 +167,7 @@ def test_denoise_train_stage_resumes_after_kill_9(tmp_path):
                 "patch_size": 16,
                 "batch_size": 8,
                 "epochs": 4,
-                "steps_per_epoch": 30,
+                "steps_per_epoch": 200,  # about 0.5 s an epoch: time to catch it mid-run
             },
             "tracking": {"enabled": False},
         }
