@@ -89,6 +89,31 @@ def _hsi(cwd: Path, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, env=env, text=True, **kw)
 
 
+def _kill_resume_and_run_whole(runs: dict, args: tuple, state_file: Path, epochs: int) -> int:
+    """`hsi ARGS` in runs["killed"] killed with -9 once an epoch's resume state is on disk, then
+    run again to its end; `hsi ARGS` in runs["whole"] never killed. Returns the killed epoch."""
+    proc = _hsi(runs["killed"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.exists() and _epoch(state_file) >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _epoch(state_file)
+    assert 1 <= killed_at < epochs
+
+    again = _hsi(runs["killed"], *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert f"resuming from epoch {killed_at + 1}" in out
+    assert not state_file.exists()  # cleared once the checkpoint is written
+    whole = _hsi(runs["whole"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    assert whole.wait(timeout=300) == 0
+    return killed_at
+
+
 @pytest.mark.integration
 def test_train_stage_resumes_after_kill_9(tmp_path):
     """kill -9 mid-training; the same command resumes and ends with the uninterrupted weights."""
@@ -111,25 +136,7 @@ def test_train_stage_resumes_after_kill_9(tmp_path):
     args = ("train", "--model", "hybridsn", "--seed", "0")
     state_file = runs["killed"] / "models" / "indian_pines" / ".resume" / "hybridsn-seed0.pt"
 
-    proc = _hsi(runs["killed"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state_file.exists() and _epoch(state_file) >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = _epoch(state_file)
-    assert 1 <= killed_at < 4
-
-    again = _hsi(runs["killed"], *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, out
-    assert f"resuming from epoch {killed_at + 1}" in out
-    assert not state_file.exists()  # cleared once the checkpoint is written
-    whole = _hsi(runs["whole"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    assert whole.wait(timeout=300) == 0
+    killed_at = _kill_resume_and_run_whole(runs, args, state_file, epochs=4)
     summary = json.loads(
         (runs["killed"] / "reports" / "indian_pines" / "hybridsn-seed0" / "train.json").read_text()
     )
@@ -183,25 +190,7 @@ def test_denoise_train_stage_resumes_after_kill_9(tmp_path):
     models = Path("models") / "indian_pines"
     state_file = runs["killed"] / models / ".resume" / "denoisers" / "dncnn.pt"
 
-    proc = _hsi(runs["killed"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state_file.exists() and _epoch(state_file) >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_at = _epoch(state_file)
-    assert 1 <= killed_at < 4
-
-    again = _hsi(runs["killed"], *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, out
-    assert f"resuming from epoch {killed_at + 1}" in out
-    assert not state_file.exists()
-    whole = _hsi(runs["whole"], *args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    assert whole.wait(timeout=300) == 0
+    killed_at = _kill_resume_and_run_whole(runs, args, state_file, epochs=4)
     summary = json.loads(
         (
             runs["killed"] / "reports" / "indian_pines" / "denoise" / "dncnn" / "train.json"
