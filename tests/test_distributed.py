@@ -1,5 +1,4 @@
-"""The cell fan-out engine: serial and Ray engines agree, failed cells, CPU accounting, Ctrl-C,
-no Ray. Two nodes and kill -9 of a worker are tested through `hsi study` (tests/test_study.py).
+"""The cell fan-out engine: serial and Ray engines agree, two nodes, kill -9, Ctrl-C, no Ray.
 
 Every test that starts Ray runs its driver as a script inside a loopback-only network
 namespace (tests/netns.py); pytest itself never imports Ray's runtime.
@@ -20,6 +19,8 @@ import numpy as np
 import pytest
 
 from pipeline import distributed as d
+
+RAY = str(Path(sys.executable).with_name("ray"))
 
 CELLS = '''
 import json, os, subprocess, sys, time
@@ -45,6 +46,24 @@ def grid_cell(payload, shared, ctx):
         "span": [t0, time.time()],
         "summary": f"score {float(x @ w):.3f}",
     }
+
+
+def epoch_cell(payload, shared, ctx):
+    """Trains `epochs` fake epochs, checkpointing into ctx.state; resumes from it."""
+    work = Path(payload["dir"])
+    ckpt = ctx.state.get("ckpt", {"epoch": 0, "total": 0})
+    first = ckpt["epoch"]
+    (work / f"pid-{ctx.attempt}").write_text(str(os.getpid()))
+    for epoch in range(first, payload["epochs"]):
+        time.sleep(payload["epoch_s"])
+        ckpt = {
+            "epoch": epoch + 1,
+            "total": ckpt["total"] + (epoch + 1) ** 2,
+            "weights": bytes(payload["state_bytes"]),
+        }
+        ctx.state.put("ckpt", ckpt)
+        (work / "progress").write_text(f"{ctx.attempt} {epoch + 1}")
+    return {"total": ckpt["total"], "first_epoch": first, "attempt": ctx.attempt}
 
 
 GRID = [(f"seed{s}-fold{f}", (s, f)) for s in range(2) for f in range(2)]
@@ -261,6 +280,68 @@ def test_embedded_ray_matches_serial_and_reports_failed_cells(ns, tmp_path):
 
 
 @pytest.mark.integration
+def test_two_node_cluster_on_loopback(ns, tmp_path):
+    port = "6380"
+    head = ns.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        timeout=90,
+    )
+    assert head.returncode == 0, head.stderr[-3000:]
+    worker = ns.run(
+        [
+            RAY,
+            "start",
+            f"--address=127.0.0.1:{port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+        ],
+        timeout=90,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    out = run_driver(
+        ns,
+        tmp_path,
+        """
+        address = sys.argv[2]
+        seen = {}
+        with d.session(address=address) as info:
+            results = d.run_cells(
+                grid_cell,
+                GRID,
+                address=address,
+                shared=SHARED,
+                on_result=lambda k, r, i: seen.setdefault(k, i.node.node_id),
+                progress=False,
+            )
+            ss = subprocess.run(["ss", "-H", "-tlnp"], capture_output=True, text=True).stdout
+        out = {"nodes": info.nodes, "node_ids": info.node_ids, "seen": seen, "ss": ss}
+        out["scores"] = {k: r["score"] for k, r in results.items()}
+        json.dump(out, open(sys.argv[1], "w"))
+        """,
+        f"127.0.0.1:{port}",
+    )
+    assert out["nodes"] == 2
+    assert set(out["seen"].values()) == set(out["node_ids"]), "cells did not run on both nodes"
+    for key, (seed, fold) in GRID:
+        assert out["scores"][key] == pytest.approx(expected_score(seed, fold))
+    during = netns.parse_ss(out["ss"])
+    after = netns.ray_listeners(ns)
+    assert {"gcs_server", "raylet"} <= {ln.process for ln in after}
+    not_loopback = [ln for ln in during + after if not ln.loopback]
+    assert during and not not_loopback, f"Ray listens beyond loopback: {not_loopback}"
+
+
+@pytest.mark.integration
 def test_cells_blocked_on_ctx_state_keep_their_cpu(ns, tmp_path):
     """Ray lends a task's CPU to queued tasks while the task's main thread waits in ray.get;
     state calls must not, or cells that checkpoint every epoch overrun cpus_per_cell."""
@@ -283,6 +364,60 @@ def test_cells_blocked_on_ctx_state_keep_their_cpu(ns, tmp_path):
     )
     overlaps = [(a, b) for a, b in itertools.pairwise(out) if b[0] < a[1]]
     assert not overlaps, f"cells overlapped on a 1-CPU Ray: {out}"
+
+
+def first_attempt_past(progress: Path, epoch: int) -> bool:
+    """True once the cell's first attempt has stored the state of `epoch`."""
+    fields = progress.read_text().split() if progress.exists() else []
+    return len(fields) == 2 and fields[0] == "1" and int(fields[1]) >= epoch
+
+
+@pytest.mark.integration
+def test_kill9_of_a_worker_retries_and_resumes_from_cell_state(ns, tmp_path):
+    epochs = 10
+    dirs = {name: tmp_path / name for name in ("victim", "control")}
+    for p in dirs.values():
+        p.mkdir()
+    body = """
+    payload = dict(epochs=int(sys.argv[2]), epoch_s=0.4, state_bytes=8_000_000)
+    cells = [(n, dict(payload, dir=sys.argv[3 + i])) for i, n in enumerate(["victim", "control"])]
+    attempts = {}
+    results = d.run_cells(
+        epoch_cell, cells, on_result=lambda k, r, i: attempts.setdefault(k, i.attempt), progress=False
+    )
+    json.dump({"results": results, "attempts": attempts}, open(sys.argv[1], "w"))
+    """
+    out_path = tmp_path / "out.json"
+    args = [str(out_path), str(epochs), str(dirs["victim"]), str(dirs["control"])]
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = ns.popen(
+            ns.python_argv(write_driver(tmp_path, body), *args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            progress = dirs["victim"] / "progress"
+            deadline = time.monotonic() + 60
+            while not first_attempt_past(progress, epoch=3):
+                assert time.monotonic() < deadline and driver.poll() is None, (
+                    "victim never at epoch 3"
+                )
+                time.sleep(0.02)
+            killed = int((dirs["victim"] / "pid-1").read_text())
+            os.kill(killed, signal.SIGKILL)
+            driver.wait(timeout=60)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    assert driver.returncode == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    out = json.loads(out_path.read_text())
+    total = sum((e + 1) ** 2 for e in range(epochs))
+    victim, control = out["results"]["victim"], out["results"]["control"]
+    assert control == {"total": total, "first_epoch": 0, "attempt": 1}
+    assert victim["total"] == total
+    assert victim["attempt"] == 2 and out["attempts"]["victim"] == 2
+    assert victim["first_epoch"] >= 3, "the retry did not resume from the stored state"
+    assert int((dirs["victim"] / "pid-2").read_text()) != killed
 
 
 @pytest.mark.integration

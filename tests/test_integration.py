@@ -47,7 +47,7 @@ def repo(tmp_path_factory):
     params["pca"]["components"] = 16
     params["patch"]["size"] = 11
     params["train"].update(
-        models=["hybridsn", "hybridsn_se", "svm", "rf"], seeds=[0], epochs=1, batch_size=64
+        models=["hybridsn", "hybridsn_se", "svm", "rf"], seeds=[0, 1], epochs=1, batch_size=64
     )
     params["compute"]["device"] = "cpu"
     params["inference"]["batch_size"] = 256
@@ -90,7 +90,7 @@ def test_prepare_outputs(repo):
 
 def test_train_outputs(repo):
     root, _, _ = repo
-    for name in ("hybridsn-seed0", "hybridsn_se-seed0"):
+    for name in ("hybridsn-seed0", "hybridsn-seed1", "hybridsn_se-seed0", "hybridsn_se-seed1"):
         assert (root / f"models/indian_pines/{name}.pt").is_file()
         summary = json.loads((root / f"reports/indian_pines/{name}/train.json").read_text())
         assert summary["epochs_run"] == 1
@@ -107,7 +107,7 @@ def test_mlflow_runs_recorded(repo):
     exp = client.get_experiment_by_name("indian_pines/classification")
     runs = client.search_runs([exp.experiment_id])
     names = {r.info.run_name for r in runs}
-    assert {"hybridsn-seed0", "hybridsn_se-seed0", "svm-seed0", "rf-seed0"} <= names
+    assert {"hybridsn-seed0", "hybridsn_se-seed1"} <= names
 
 
 def test_second_repro_is_a_no_op(repo):
@@ -259,7 +259,7 @@ def test_classical_baselines_run_like_any_model(repo):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("indian_pines/classification")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    for name in ("svm-seed0", "rf-seed0"):
+    for name in ("svm-seed0", "svm-seed1", "rf-seed0", "rf-seed1"):
         assert (root / f"models/indian_pines/{name}.pt").is_file()
         run_dir = root / f"reports/indian_pines/{name}"
         assert 0 < json.loads((run_dir / "metrics.json").read_text())["oa"] <= 1
@@ -268,18 +268,18 @@ def test_classical_baselines_run_like_any_model(repo):
         assert "test_oa" in runs[name].data.metrics
     summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
     assert set(summary["comparisons"]["svm"]) == {"hybridsn", "hybridsn_se", "rf"}
-    assert summary["models"]["svm"]["oa"]["n"] == 1
+    assert summary["models"]["svm"]["oa"]["n"] == 2
 
 
 def test_report_summary(repo):
     root, _, _ = repo
     summary = json.loads((root / "reports/indian_pines/summary.json").read_text())
     assert summary["baseline"] == "hybridsn"
-    assert summary["models"]["hybridsn"]["oa"]["n"] == 1
+    assert summary["models"]["hybridsn"]["oa"]["n"] == 2
     mcnemar = summary["comparisons"]["hybridsn"]["hybridsn_se"]["mcnemar"]
-    assert [r["seed"] for r in mcnemar] == [0]
-    run = json.loads((root / "reports/indian_pines/hybridsn-seed0/metrics.json").read_text())
-    assert summary["models"]["hybridsn"]["runs"]["hybridsn-seed0"]["oa"] == run["oa"]
+    assert [r["seed"] for r in mcnemar] == [0, 1]
+    run = json.loads((root / "reports/indian_pines/hybridsn-seed1/metrics.json").read_text())
+    assert summary["models"]["hybridsn"]["runs"]["hybridsn-seed1"]["oa"] == run["oa"]
     md = (root / "reports/indian_pines/summary.md").read_text()
     assert "McNemar" in md and "hybridsn_se" in md
     assert (root / "reports/indian_pines/variants_maps.png").stat().st_size > 5000
@@ -431,6 +431,6 @@ def test_dvc_plots_show_draws_every_trained_run_on_one_chart(repo):
     shown = json.loads(_run([str(BIN / "dvc"), "plots", "show", "--json"], root, env).stdout)
     (chart,) = shown["data"]["reports/indian_pines/val_oa.csv"]
     values = chart["content"]["data"]["values"]
-    runs = {"hybridsn-seed0", "hybridsn_se-seed0"}
+    runs = {"hybridsn-seed0", "hybridsn-seed1", "hybridsn_se-seed0", "hybridsn_se-seed1"}
     assert {v["run"] for v in values} == runs
     assert all("val_oa" in v for v in values)
