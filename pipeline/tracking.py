@@ -725,10 +725,11 @@ class Run:
             filter_string=f"tags.`hsi.{role}_run_id` = '{self._run_id}'",
             max_results=50_000,
         )
+        kept = set(keep)
         cut = [
             r
             for r in linked
-            if r.info.status in ("RUNNING", "FINISHED") and r.info.run_id not in set(keep)
+            if r.info.status in ("RUNNING", "FINISHED") and r.info.run_id not in kept
         ]
         for r in cut:
             client.set_terminated(r.info.run_id, status)
